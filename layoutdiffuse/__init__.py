@@ -1,0 +1,2 @@
+"""layoutdiffuse: layout-to-image diffusion (DDPM, improved DDPM, the LayoutDiffuse adaptor)."""
+__version__ = "0.1.0"

@@ -1,0 +1,71 @@
+"""MNIST under the data root, via ``torchvision.datasets.MNIST``.
+
+Files live in ``<root>/MNIST/raw/`` (torchvision's layout). :func:`mnist` downloads when allowed
+and the network is reachable; otherwise it fails with the command that fetches the data.
+:func:`install_mnist_archives` unpacks the four gzip IDX files from a local folder (what CI does
+with ``../shared/data/mnist``).
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from torchvision import datasets
+from torchvision.transforms import v2
+
+from .paths import data_root
+
+log = logging.getLogger(__name__)
+
+FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+FETCH_HINT = "python data_scripts/download_mnist.py  (or: python data_scripts/download_mnist.py --from DIR_WITH_GZ_FILES)"
+
+
+def install_mnist_archives(source: str | os.PathLike, root: str | os.PathLike | None = None) -> Path:
+    """Unpack ``<source>/<name>.gz`` for the four MNIST files into ``<root>/MNIST/raw``.
+
+    Checks ``SHA256SUMS`` in ``source`` when present. Idempotent: existing files are kept.
+    Returns the raw folder.
+    """
+    source = Path(source)
+    raw = data_root(root) / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    sums = {}
+    if (source / "SHA256SUMS").exists():
+        for line in (source / "SHA256SUMS").read_text().splitlines():
+            if line.strip():
+                digest, name = line.split()
+                sums[name.lstrip("*")] = digest
+    for name in FILES:
+        target = raw / name
+        if target.exists():
+            continue
+        archive = source / f"{name}.gz"
+        if not archive.exists():
+            raise FileNotFoundError(f"missing {archive}; expected the four MNIST .gz files: {', '.join(f + '.gz' for f in FILES)}")
+        if archive.name in sums and hashlib.sha256(archive.read_bytes()).hexdigest() != sums[archive.name]:
+            raise ValueError(f"checksum mismatch for {archive} (SHA256SUMS in {source})")
+        tmp = target.with_suffix(".part")
+        with gzip.open(archive, "rb") as src, open(tmp, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        tmp.replace(target)
+        log.info("unpacked %s", target)
+    return raw
+
+
+def mnist(train: bool = True, root: str | os.PathLike | None = None, download: bool = True, image_size: int = 32) -> datasets.MNIST:
+    """The torchvision MNIST dataset; samples are ``(image (1, S, S) in [-1, 1], label)``.
+
+    ``image_size`` pads/resizes the 28x28 digits (32 keeps UNet downsampling even).
+    """
+    root = data_root(root)
+    transform = v2.Compose([v2.ToImage(), v2.Resize(image_size, antialias=True), v2.ToDtype(torch.float32, scale=True), v2.Normalize([0.5], [0.5])])
+    try:
+        return datasets.MNIST(str(root), train=train, transform=transform, download=download)
+    except Exception as err:  # no network, or download refused
+        raise FileNotFoundError(f"MNIST not found under {root / 'MNIST' / 'raw'} and could not be downloaded ({err}). Fetch it with: {FETCH_HINT}") from err
