@@ -1,0 +1,70 @@
+"""Callbacks: sample grids written to the experiment folder (and wandb), and checkpoint plumbing."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+from ..visualize import save_grid
+
+log = logging.getLogger(__name__)
+
+
+class ImageLogger(pl.Callback):
+    """Every ``every_n_train_steps`` steps (and at the end of training) sample ``n`` images with the
+    EMA weights and write ``<out_dir>/step_XXXXXX.png``; also to wandb when a WandbLogger is used.
+
+    Layout models are sampled on the layouts of the first validation batch, and the grid draws each
+    box and its label over the image.
+    """
+
+    def __init__(self, out_dir: str | Path, every_n_train_steps: int = 1000, n: int = 16, seed: int = 0, class_names: list[str] | None = None, **sampling: Any):
+        super().__init__()
+        self.out_dir = Path(out_dir)
+        self.every = every_n_train_steps
+        self.n = n
+        self.seed = seed
+        self.class_names = class_names
+        self.sampling = sampling
+        self.last_path: Path | None = None
+
+    def conditions(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any] | None:
+        loaders = trainer.val_dataloaders
+        if loaders is None:
+            return None
+        batch = next(iter(loaders))
+        inputs = pl_module.process_batch(pl_module.transfer_batch_to_device(batch, pl_module.device, 0), "val")
+        cond = inputs.get("cond")
+        if cond is None:
+            return None
+        return {k: (v[: self.n] if isinstance(v, (torch.Tensor, list)) else v) for k, v in cond.items()}
+
+    @torch.no_grad()
+    def log_images(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Path:
+        cond = self.conditions(trainer, pl_module)
+        n = self.n
+        if cond is not None:
+            n = len(next(iter(v for v in cond.values() if isinstance(v, (torch.Tensor, list)))))
+        g = torch.Generator(device=pl_module.device).manual_seed(self.seed)
+        images = pl_module.sample(n, cond=cond, generator=g, **self.sampling)
+        path = self.out_dir / f"step_{trainer.global_step:06d}.png"
+        layouts = cond.get("layout") if cond else None
+        save_grid(images, path, layouts=layouts, class_names=self.class_names)
+        self.last_path = path
+        log.info("wrote samples to %s", path)
+        for logger in trainer.loggers:
+            if isinstance(logger, pl.loggers.WandbLogger):
+                logger.log_image(key="samples", images=[str(path)], step=trainer.global_step)
+        return path
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        step = trainer.global_step
+        if self.every and step % self.every == 0 and step < (trainer.max_steps if trainer.max_steps > 0 else float("inf")) and trainer.is_global_zero:
+            self.log_images(trainer, pl_module)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero:
+            self.log_images(trainer, pl_module)

@@ -1,0 +1,230 @@
+"""``DDPMTraining``: the LightningModule that trains a denoising model with a Gaussian diffusion.
+
+The module holds the research logic (loss, optimizer, EMA, sampling); the Lightning ``Trainer``
+holds the engineering (devices, DDP, precision, checkpoints). Customise a dataset by overriding
+:meth:`DDPMTraining.process_batch`, exactly as in the original release::
+
+    class DDPM_MNIST(DDPMTraining):
+        def process_batch(self, y_0, mode='train'):
+            return super().process_batch(y_0[0], mode)
+
+Randomness of a training step (timesteps, noise, condition dropout) comes from a generator
+seeded by ``(seed, global_step, rank)``, so a resumed run draws exactly what an uninterrupted
+run would.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from ..diffusion import GaussianDiffusion, classifier_free_guidance, conditioned, make_sampler
+from ..diffusion.guidance import drop_condition, null_condition
+
+
+class DDPMTraining(pl.LightningModule):
+    """Train ``denoising_model`` as a DDPM.
+
+    Args:
+        denoising_model: ``model(x_t, t, cond) -> raw output`` (e.g. :class:`layoutdiffuse.nn.UNet`).
+        diffusion: a :class:`GaussianDiffusion` or its keyword arguments.
+        image_shape: ``(C, H, W)`` of generated images.
+        optimizer: ``{"lr", "weight_decay", "betas", "train", "adaptor_lr"}``; ``train`` is
+            ``all`` | ``freeze_backbone`` | ``separate`` for adapted layout models.
+        lr_scheduler: ``{"name": "constant" | "warmup" | "cosine", "warmup_steps", "total_steps"}``.
+        ema_decay: EMA decay of the weights used for sampling (0 disables EMA).
+        cond_drop_prob: probability of replacing a sample's condition by the null condition
+            (classifier-free guidance training).
+        sampling: default sampler options ``{"sampler", "steps", "clip", "guidance", ...}``.
+        seed: base seed of the per-step generators.
+        config: the full experiment config, stored in checkpoints so they rebuild themselves.
+    """
+
+    def __init__(
+        self,
+        denoising_model: nn.Module,
+        diffusion: GaussianDiffusion | dict[str, Any] | None = None,
+        image_shape: tuple[int, int, int] = (1, 32, 32),
+        optimizer: dict[str, Any] | None = None,
+        lr_scheduler: dict[str, Any] | None = None,
+        ema_decay: float = 0.999,
+        cond_drop_prob: float = 0.0,
+        sampling: dict[str, Any] | None = None,
+        seed: int = 0,
+        config: dict[str, Any] | None = None,
+    ):
+        super().__init__()
+        self.model = denoising_model
+        self.diffusion = diffusion if isinstance(diffusion, GaussianDiffusion) else GaussianDiffusion(**(diffusion or {}))
+        self.image_shape = tuple(image_shape)
+        self.optimizer_args = {"lr": 2e-4, "weight_decay": 0.0, "betas": (0.9, 0.999), "train": "all", "adaptor_lr": None, **(optimizer or {})}
+        self.lr_scheduler_args = {"name": "constant", "warmup_steps": 0, "total_steps": None, **(lr_scheduler or {})}
+        self.sampling_args = {"sampler": "ddim", "steps": 50, "clip": True, "guidance": 1.0, **(sampling or {})}
+        if not 0 <= cond_drop_prob <= 1:
+            raise ValueError(f"cond_drop_prob must be in [0, 1], got {cond_drop_prob}")
+        self.cond_drop_prob = cond_drop_prob
+        self.seed = seed
+        self.config = config or {}
+        self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True) if ema_decay > 0 else None
+        if self.ema is not None:
+            self.ema.requires_grad_(False)
+
+    #: keys of the diffusion process allowed in the config's ``diffusion`` section
+    PROCESS_KEYS = {"training": "", "schedule": "", "num_timesteps": 1, "prediction": "", "learn_sigma": False, "beta_start": 0.0, "beta_end": 0.0, "s": 0.0}
+
+    @classmethod
+    def config_keys(cls) -> dict[str, Any]:
+        """Allowed keys of the ``diffusion`` config section and example values for type checks."""
+        from ..config import signature_defaults
+
+        skip = ("denoising_model", "diffusion", "image_shape", "seed", "config")
+        return {**cls.PROCESS_KEYS, **signature_defaults(cls.__init__, skip=skip)}
+
+    @classmethod
+    def split_config(cls, section: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """``diffusion`` config section -> (GaussianDiffusion kwargs, training kwargs)."""
+        process = {k: v for k, v in section.items() if k in cls.PROCESS_KEYS and k != "training"}
+        return process, {k: v for k, v in section.items() if k not in cls.PROCESS_KEYS}
+
+    # --- data --------------------------------------------------------------------------------
+    def process_batch(self, batch: Any, mode: str = "train") -> dict[str, Any]:
+        """Turn a loader batch into ``{"x0": (B, C, H, W), "cond": dict | None}``.
+
+        The base class accepts an image tensor, or a dict with ``image`` and optional condition
+        keys (``layout``, ``mask``, ``caption``). Override to adapt another dataset.
+        """
+        if isinstance(batch, torch.Tensor):
+            return {"x0": batch, "cond": None}
+        if isinstance(batch, dict) and "image" in batch:
+            cond = {k: batch[k] for k in ("layout", "mask", "caption", "context") if k in batch}
+            return {"x0": batch["image"], "cond": cond or None}
+        raise TypeError(
+            f"process_batch got a {type(batch).__name__}; expected an image tensor or a dict with 'image'. "
+            "Override process_batch (e.g. `return super().process_batch(batch[0], mode)` for (image, label) pairs)."
+        )
+
+    # --- losses ------------------------------------------------------------------------------
+    def step_generator(self, offset: int = 0) -> torch.Generator:
+        """A generator seeded by ``(seed, global_step, rank, offset)``: reproducible across resume."""
+        g = torch.Generator(device=self.device)
+        g.manual_seed(hash((self.seed, self.global_step, self.global_rank, offset)) % (2**62))
+        return g
+
+    def sample_timesteps(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Uniform timesteps ``(B,)`` and their importance weights ``(B,)`` (all ones)."""
+        t = torch.randint(0, self.diffusion.num_timesteps, (batch_size,), generator=generator, device=self.device)
+        return t, torch.ones(batch_size, device=self.device)
+
+    def compute_losses(self, x0: torch.Tensor, t: torch.Tensor, cond: dict[str, Any] | None, noise: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-example loss terms; ``"loss": (B,)`` is what is optimised (L_simple here)."""
+        return self.diffusion.training_losses(conditioned(self.model, cond), x0, t, noise)
+
+    def shared_step(self, batch: Any, mode: str) -> dict[str, Any]:
+        inputs = self.process_batch(batch, mode)
+        x0, cond = inputs["x0"], inputs.get("cond")
+        g = self.step_generator(0 if mode == "train" else hash(mode) % 1000 + 1)
+        if mode == "train" and cond is not None and self.cond_drop_prob > 0:
+            cond = drop_condition(cond, self.cond_drop_prob, g)
+        t, weights = self.sample_timesteps(x0.shape[0], g)
+        noise = torch.randn(x0.shape, generator=g, device=x0.device, dtype=x0.dtype)
+        losses = self.compute_losses(x0, t, cond, noise)
+        loss = (losses["loss"] * weights).mean()
+        if mode == "train":
+            self.after_losses(t, losses)
+        batch_size = x0.shape[0]
+        self.log(f"{mode}/loss", loss, prog_bar=True, batch_size=batch_size, sync_dist=mode != "train")
+        for key, value in losses.items():
+            if key not in ("loss", "x_t") and value.ndim == 1:
+                self.log(f"{mode}/{key}", value.mean(), batch_size=batch_size, sync_dist=mode != "train")
+        return {"loss": loss, "x0": x0.detach(), "cond": cond, "t": t}
+
+    def after_losses(self, t: torch.Tensor, losses: dict[str, torch.Tensor]) -> None:
+        """Hook after the training losses of a step (the improved-DDPM resampler learns here)."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> dict[str, Any]:
+        return self.shared_step(batch, "train")
+
+    def validation_step(self, batch: Any, batch_idx: int) -> dict[str, Any]:
+        return self.shared_step(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> dict[str, Any]:
+        return self.shared_step(batch, "test")
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """The optimizer step, then the EMA update (before any checkpoint of this step is written)."""
+        super().optimizer_step(*args, **kwargs)
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+
+    # --- optimisation ------------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        args = self.optimizer_args
+        groups = self.parameter_groups()
+        opt = torch.optim.AdamW(groups, lr=args["lr"], weight_decay=args["weight_decay"], betas=tuple(args["betas"]))
+        sched = self.lr_scheduler_args
+        name, warmup, total = sched["name"], int(sched["warmup_steps"]), sched["total_steps"]
+        if name == "constant" and not warmup:
+            return opt
+        if name == "cosine" and not total:
+            raise ValueError("lr_scheduler 'cosine' needs total_steps")
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            if name == "cosine":
+                return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+            return 1.0
+
+        if name not in ("constant", "warmup", "cosine"):
+            raise ValueError(f"unknown lr_scheduler '{name}'; choose one of: constant, warmup, cosine")
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, factor), "interval": "step"}}
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """Optimizer groups: everything, or (adapted layout models) as ``optimizer.train`` says."""
+        args = self.optimizer_args
+        if getattr(self.model, "adaptor", None) is None:
+            if args["train"] != "all":
+                raise ValueError(f"optimizer.train '{args['train']}' needs a model with a layout adaptor; use 'all'")
+            return [{"params": [p for p in self.model.parameters() if p.requires_grad]}]
+        from ..adapt import param_groups
+
+        return param_groups(self.model, mode=args["train"], lr=args["lr"], adaptor_lr=args["adaptor_lr"])
+
+    # --- sampling ----------------------------------------------------------------------------
+    @property
+    def sampling_model(self) -> nn.Module:
+        """The EMA weights when kept, else the live model."""
+        return self.ema.module if self.ema is not None else self.model
+
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        cond: dict[str, Any] | None = None,
+        generator: torch.Generator | None = None,
+        progress: bool = False,
+        use_ema: bool = True,
+        **overrides: Any,
+    ) -> torch.Tensor:
+        """Draw ``n`` images ``(n, C, H, W)`` in [-1, 1].
+
+        ``overrides`` replace the default sampling options: ``sampler`` (a registered name),
+        ``steps``, ``guidance`` (classifier-free scale, needs ``cond``), ``clip``, ``eta``, ...
+        """
+        opts = {**self.sampling_args, **overrides}
+        name, guidance = opts.pop("sampler"), opts.pop("guidance")
+        model = self.sampling_model if use_ema else self.model
+        was_training = model.training
+        model.eval()
+        if cond is not None and guidance != 1:
+            model_fn = classifier_free_guidance(model, cond, null_condition(cond), guidance, pred_channels=self.image_shape[0])
+        else:
+            model_fn = conditioned(model, cond)
+        sampler = make_sampler(name, self.diffusion, **opts)
+        images = sampler.sample(model_fn, (n, *self.image_shape), generator=generator, progress=progress, device=self.device)
+        model.train(was_training)
+        return images.clamp(-1, 1)

@@ -1,0 +1,29 @@
+"""Shared fixtures. MNIST comes from $LAYOUTDIFFUSE_DATA when it holds MNIST, else it is unpacked
+from ../shared/data/mnist (the CI copy) into a session folder; nothing is downloaded."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def mnist_root(tmp_path_factory) -> Path:
+    from layoutdiffuse.data.mnist import FILES, install_mnist_archives
+    from layoutdiffuse.data.paths import data_root
+
+    root = data_root()
+    if all((root / "MNIST" / "raw" / f).exists() for f in FILES):
+        return root
+    if SHARED_MNIST.exists():
+        root = tmp_path_factory.mktemp("data")
+        install_mnist_archives(SHARED_MNIST, root)
+        return root
+    pytest.skip("MNIST is not available: run python data_scripts/download_mnist.py")
