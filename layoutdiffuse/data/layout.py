@@ -57,7 +57,7 @@ def validate_layout(layout: torch.Tensor, num_classes: int, tolerance: float = T
     valid = validity(batched) | torch.isnan(batched[..., 4])
 
     def fail(mask: torch.Tensor, what: str) -> None:
-        bad = (mask & valid).nonzero()
+        bad = (mask & (valid[..., None] if mask.ndim == 3 else valid)).nonzero()
         if len(bad):
             b, n, *f = bad[0].tolist()
             field = FIELDS[f[0]] if f else "box"

@@ -1,5 +1,6 @@
 """LightningModules and callbacks."""
+from .ddim import DDIMTraining
 from .ddpm import DDPMTraining
 from .mnist import DDPM_MNIST
 
-__all__ = ["DDPMTraining", "DDPM_MNIST"]
+__all__ = ["DDIMTraining", "DDPMTraining", "DDPM_MNIST"]

@@ -1,0 +1,55 @@
+# layoutdiffuse: the two README commands are `make demo` and `make test`; each sets itself up.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+export LAYOUTDIFFUSE_DATA ?= $(HOME)/data
+# A local copy of the four MNIST .gz files (CI has one beside the checkout); empty = download.
+MNIST_SOURCE ?= $(wildcard ../shared/data/mnist)
+NOTEBOOKS := $(wildcard notebooks/*.py)
+
+.PHONY: setup mnist demo test test-fast notebooks-check notebooks-sync nbval bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[test,notebooks]"
+	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $@
+
+setup: $(VENV)/.installed
+
+mnist: setup
+	$(PY) data_scripts/download_mnist.py $(if $(MNIST_SOURCE),--from $(MNIST_SOURCE))
+
+## The main job: train the MNIST toy (configs/mnist.json) and write sample grids.
+demo: mnist
+	$(PY) -m layoutdiffuse train -c configs/mnist.json
+	@echo "samples: experiments/mnist/images/ (latest: $$(ls experiments/mnist/images/*.png | tail -1))"
+
+## The whole suite: unit tests, notebook pairing, and every notebook executed by nbval (quick mode).
+test: mnist notebooks-check
+	$(PY) -m pytest -q tests
+	$(MAKE) nbval
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow" tests
+
+nbval: setup
+	LAYOUTDIFFUSE_QUICK=1 MPLBACKEND=agg $(PY) -m pytest -q --nbval-lax --nbval-cell-timeout=600 notebooks/*.ipynb
+
+notebooks-check: setup
+	@status=0; for py in $(NOTEBOOKS); do nb=$${py%.py}.ipynb; \
+	  if [ ! -f $$nb ]; then echo "missing pair: $$nb"; status=1; continue; fi; \
+	  if ! diff -q <($(VENV)/bin/jupytext --to py:percent -o - $$nb 2>/dev/null | sed '/^#   jupytext_version/d') <(sed '/^#   jupytext_version/d' $$py) >/dev/null; then \
+	    echo "notebook pair drifted: $$py vs $$nb (run: make notebooks-sync)"; status=1; fi; done; exit $$status
+
+notebooks-sync: setup
+	for py in $(NOTEBOOKS); do $(VENV)/bin/jupytext --to ipynb --update $$py -o $${py%.py}.ipynb 2>/dev/null || $(VENV)/bin/jupytext --to ipynb $$py; done
+
+bench: setup
+	$(PY) benchmarks/bench_mnist.py
+	$(PY) benchmarks/bench_layout_attention.py
+
+clean:
+	rm -rf experiments lightning_logs .pytest_cache

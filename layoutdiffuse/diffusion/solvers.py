@@ -1,0 +1,162 @@
+"""Fast deterministic multistep samplers, behind the :class:`~layoutdiffuse.diffusion.samplers.Sampler`
+interface and registered in ``SAMPLERS``:
+
+* ``plms``  -- pseudo linear multistep (PNDM, Liu et al. 2022; the PLMS of LDM): Adams-Bashforth
+  on the predicted noise, plugged into the DDIM transfer; 20 steps is the reference setting.
+* ``dpm++`` -- DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2): second-order multistep in the
+  data (x0) prediction, exact in the linear part, on ``lambda = log(alpha / sigma)``.
+
+Both make ``steps`` model evaluations on increasing timesteps from ``T - 1`` down to 0 (``plms``:
+the evenly spaced grid of the base class; ``dpm++``: even in lambda by default, see
+:func:`logsnr_timesteps`) and finish by returning the x0 prediction at ``t = 0`` (the first-order
+step to ``sigma = 0``). Measured on Gaussian data with the exact noise predictor (tests/test_samplers.py),
+20 steps of either are ~10x closer to the data than 20 DDIM steps.
+A multistep sampler remembers the previous predictions of the current trajectory; a call of
+:meth:`step` that does not continue it (``i`` not one below the last call's) starts a new one.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .gaussian import GaussianDiffusion, ModelFn
+from .samplers import SAMPLERS, Sampler
+
+
+def logsnr_timesteps(diffusion: GaussianDiffusion, steps: int) -> torch.Tensor:
+    """``steps`` increasing timesteps, 0 and T-1 included, evenly spaced in
+    ``lambda = log(alpha / sigma)`` (DPM-Solver's ``logSNR`` grid) between ``lambda(0)`` and
+    ``max(lambda(T-1), -lambda(0))``: the noisy end is cut where the signal is as faint as the noise
+    is at ``t = 0`` (the cosine schedule's clipped last beta would otherwise waste steps there).
+    Rounded to the nearest integer timestep, then made strictly decreasing from ``T-1``.
+    """
+    num_t = diffusion.num_timesteps
+    if not 2 <= steps <= num_t:
+        raise ValueError(f"steps must be in [2, {num_t}] for the logsnr spacing, got {steps}")
+    abar = torch.cumprod(1 - diffusion.betas64, 0)
+    lam = 0.5 * torch.log(abar / (1 - abar))  # decreasing in t
+    targets = torch.linspace(max(lam[-1].item(), -lam[0].item()), lam[0].item(), steps, dtype=torch.float64)
+    idx = (lam[None, :] - targets[:, None]).abs().argmin(1).tolist()  # from the noisy end
+    idx[0], idx[-1] = num_t - 1, 0
+    for k in range(1, steps - 1):
+        idx[k] = max(min(idx[k], idx[k - 1] - 1), steps - 1 - k)
+    return torch.tensor(idx[::-1])
+
+
+# Adams-Bashforth coefficients, most recent first (orders 1-4)
+ADAMS_BASHFORTH = {1: (1.0,), 2: (3 / 2, -1 / 2), 3: (23 / 12, -16 / 12, 5 / 12), 4: (55 / 24, -59 / 24, 37 / 24, -9 / 24)}
+
+
+class MultistepSampler(Sampler):
+    """Base of multistep samplers: float64 ``alpha_i = sqrt(abar)``, ``sigma_i = sqrt(1 - abar)``
+    on the kept timesteps, and a history of the last ``keep`` model predictions."""
+
+    keep = 1
+
+    def __init__(self, diffusion: GaussianDiffusion, steps: int | None = 20, clip: bool = False):
+        super().__init__(diffusion, steps, clip)
+        self.timesteps = self.make_timesteps()
+        abar = torch.cumprod(1 - diffusion.betas64, 0)[self.timesteps]
+        self.alpha = abar.sqrt().tolist()
+        self.sigma = (1 - abar).sqrt().tolist()
+        self._history: list[torch.Tensor] = []  # most recent first
+        self._last_i: int | None = None
+
+    def make_timesteps(self) -> torch.Tensor:
+        """The increasing kept timesteps ``(steps,)``; default: the base class's uniform grid."""
+        return self.timesteps
+
+    def history(self, i: int) -> list[torch.Tensor]:
+        """Predictions of the previous steps of this trajectory (empty when ``i`` starts a new one)."""
+        if self._last_i != i + 1:
+            self._history = []
+        return self._history
+
+    def remember(self, i: int, value: torch.Tensor) -> None:
+        self._history = [value, *self.history(i)][: self.keep]
+        self._last_i = i
+
+
+@SAMPLERS.register("plms")
+class PLMSSampler(MultistepSampler):
+    """PLMS: ``eps' = sum_k c_k eps_{i+k}`` (Adams-Bashforth of order ``min(4, steps so far)``, so
+    the warm-up needs no extra Runge-Kutta evaluations), then the DDIM (eta = 0) transfer
+    ``x_{prev} = sqrt(abar_prev) x0(eps') + sqrt(1 - abar_prev) eps'``.
+
+    ``order``: the highest Adams-Bashforth order (1 = DDIM).
+    """
+
+    def __init__(self, diffusion: GaussianDiffusion, steps: int | None = 20, clip: bool = False, order: int = 4):
+        super().__init__(diffusion, steps, clip)
+        if order not in ADAMS_BASHFORTH:
+            raise ValueError(f"order must be one of {sorted(ADAMS_BASHFORTH)}, got {order}")
+        self.order = order
+        self.keep = order - 1
+
+    def step(self, model_fn: ModelFn, x: torch.Tensor, i: int, generator: torch.Generator | None) -> torch.Tensor:
+        d = self.diffusion
+        t = self.t_batch(i, x)
+        x0, eps = d.predict(model_fn(x, t), x, t)
+        if i == 0:
+            return x0.clamp(-1, 1) if self.clip else x0
+        previous = self.history(i)
+        coefs = ADAMS_BASHFORTH[min(self.order, len(previous) + 1)]
+        eps_prime = sum(c * e for c, e in zip(coefs, [eps, *previous]))
+        if self.keep:
+            self.remember(i, eps)
+        a, s, a_prev, s_prev = self.alpha[i], self.sigma[i], self.alpha[i - 1], self.sigma[i - 1]
+        x0 = (x - s * eps_prime) / a
+        if self.clip:
+            x0 = x0.clamp(-1, 1)
+            eps_prime = (x - a * x0) / s
+        return a_prev * x0 + s_prev * eps_prime
+
+
+@SAMPLERS.register("dpm++")
+class DPMSolverPlusPlusSampler(MultistepSampler):
+    """DPM-Solver++(2M). With ``h = lambda_t - lambda_s`` and the data prediction ``D``::
+
+        x_t = (sigma_t / sigma_s) x_s - alpha_t (e^{-h} - 1) D
+        D = x0_s                                                      (first order = DDIM)
+        D = (1 + 1/(2r)) x0_s - 1/(2r) x0_{s'},  r = h_{s' -> s} / h    (second order)
+
+    The first step is first order (no history); so is the step into ``t = 0`` when
+    ``lower_order_final`` (the last lambda gap is the largest, where extrapolating the
+    previous x0 overshoots); finally the step to ``sigma = 0`` returns ``x0`` at ``t = 0``.
+
+    ``spacing``: ``logsnr`` (even in lambda, see :func:`logsnr_timesteps`; the default, much more
+    accurate in few steps on pixel schedules) or ``time`` (the evenly spaced timesteps of the
+    other samplers).
+    """
+
+    SPACINGS = ("logsnr", "time")
+    keep = 1
+
+    def __init__(self, diffusion: GaussianDiffusion, steps: int | None = 20, clip: bool = False, spacing: str = "logsnr", lower_order_final: bool = True):
+        if spacing not in self.SPACINGS:
+            raise ValueError(f"unknown spacing '{spacing}'; choose one of: {', '.join(self.SPACINGS)}")
+        self.spacing = spacing
+        self.lower_order_final = lower_order_final
+        super().__init__(diffusion, steps, clip)
+        self.lam = [math.log(a / s) for a, s in zip(self.alpha, self.sigma)]
+
+    def make_timesteps(self) -> torch.Tensor:
+        if self.spacing == "time" or len(self.timesteps) < 2:
+            return self.timesteps
+        return logsnr_timesteps(self.diffusion, len(self.timesteps))
+
+    def step(self, model_fn: ModelFn, x: torch.Tensor, i: int, generator: torch.Generator | None) -> torch.Tensor:
+        t = self.t_batch(i, x)
+        x0, _ = self.diffusion.predict(model_fn(x, t), x, t, clip=self.clip)
+        if i == 0:
+            return x0
+        previous = self.history(i)
+        h = self.lam[i - 1] - self.lam[i]
+        if previous and not (i == 1 and self.lower_order_final):
+            r = (self.lam[i] - self.lam[i + 1]) / h
+            d = (1 + 1 / (2 * r)) * x0 - 1 / (2 * r) * previous[0]
+        else:
+            d = x0
+        self.remember(i, x0)
+        return (self.sigma[i - 1] / self.sigma[i]) * x - self.alpha[i - 1] * math.expm1(-h) * d
