@@ -41,11 +41,13 @@ nbval: setup
 notebooks-check: setup
 	@status=0; for py in $(NOTEBOOKS); do nb=$${py%.py}.ipynb; \
 	  if [ ! -f $$nb ]; then echo "missing pair: $$nb"; status=1; continue; fi; \
-	  if ! diff -q <($(VENV)/bin/jupytext --to py:percent -o - $$nb 2>/dev/null | sed '/^#   jupytext_version/d') <(sed '/^#   jupytext_version/d' $$py) >/dev/null; then \
+	  if ! diff -q <($(VENV)/bin/jupytext --to py:percent -o - $$nb 2>/dev/null | sed '/jupytext_version/d') <(sed '/jupytext_version/d' $$py) >/dev/null; then \
 	    echo "notebook pair drifted: $$py vs $$nb (run: make notebooks-sync)"; status=1; fi; done; exit $$status
 
+## After editing a notebook's .py (the source): rebuild its .ipynb, then normalise the .py from it.
 notebooks-sync: setup
-	for py in $(NOTEBOOKS); do $(VENV)/bin/jupytext --to ipynb --update $$py -o $${py%.py}.ipynb 2>/dev/null || $(VENV)/bin/jupytext --to ipynb $$py; done
+	for py in $(NOTEBOOKS); do nb=$${py%.py}.ipynb; \
+	  $(VENV)/bin/jupytext --to ipynb $$py -o $$nb && $(VENV)/bin/jupytext --to py:percent $$nb -o $$py; done
 
 bench: setup
 	$(PY) benchmarks/bench_mnist.py

@@ -6,6 +6,7 @@ file (``torch.load(weights_only=True)``).
 """
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from .config import ConfigError, validate
 from .data.loader import ResumableDataLoader
 from .data.registry import DATASETS
 from .nn import UNet
+from .sd.spec import is_foundation_config
 from .training.callbacks import ImageLogger
 from .training.registry import TRAININGS
 
@@ -84,6 +86,10 @@ def sampling_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.
 
 def build_module(config: dict[str, Any], model: UNet | None = None) -> pl.LightningModule:
     """The training LightningModule named by ``diffusion.training``."""
+    if model is None and is_foundation_config(config):  # diffusers foundation + frozen autoencoder / text encoder
+        from .sd.foundation import build_foundation_module
+
+        return build_foundation_module(config)
     model = model if model is not None else build_model(config)
     cls = TRAININGS.get(config["diffusion"].get("training", "DDPMTraining"))
     process, kwargs = cls.split_config(config["diffusion"])
@@ -95,7 +101,12 @@ class SaveConfig(pl.Callback):
     """Stores the config and the model architecture in every checkpoint (plain data only)."""
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
-        checkpoint[CKPT_KEY] = {"config": pl_module.config, "model": pl_module.model.config, "image_shape": list(pl_module.image_shape)}
+        checkpoint[CKPT_KEY] = checkpoint_meta(pl_module)
+
+
+def checkpoint_meta(module: pl.LightningModule) -> dict[str, Any]:
+    """What a checkpoint needs to rebuild its module: config, architecture, image shape, class names."""
+    return {"config": module.config, "model": module.model.config, "image_shape": list(module.image_shape), "class_names": list(getattr(module, "class_names", None) or [])}
 
 
 def build_trainer(config: dict[str, Any], class_names: list[str] | None = None, **overrides: Any) -> pl.Trainer:
@@ -117,11 +128,16 @@ def build_trainer(config: dict[str, Any], class_names: list[str] | None = None, 
 def train(config: dict[str, Any], resume: str | Path | None = None, **trainer_overrides: Any) -> pl.LightningModule:
     """Train the experiment of ``config``; ``resume`` is a checkpoint path or ``"last"``."""
     validate(config)
+    if is_foundation_config(config):  # fail before the data loads when the foundation's weights are missing
+        from .sd.foundation import check_foundation_files
+
+        check_foundation_files(config["adapt"]["foundation"], config["adapt"]["path"], config["adapt"].get("config"))
     pl.seed_everything(config.get("seed", 0), workers=True, verbose=False)
     datasets = build_datasets(config)
     loaders = build_loaders(config, datasets)
     module = build_module(config)
-    trainer = build_trainer(config, class_names=getattr(datasets["train"], "class_names", None), **trainer_overrides)
+    module.class_names = list(getattr(datasets["train"], "class_names", None) or [])
+    trainer = build_trainer(config, class_names=module.class_names or None, **trainer_overrides)
     ckpt_path = None
     if resume:
         ckpt_path = experiment_dir(config) / "checkpoints" / "last.ckpt" if str(resume) == "last" else Path(resume)
@@ -133,16 +149,62 @@ def train(config: dict[str, Any], resume: str | Path | None = None, **trainer_ov
     return module
 
 
+def export_weights(module: pl.LightningModule, path: str | Path, half: bool = True) -> Path:
+    """Write the sampling weights (EMA when kept) and the metadata as one small ``.safetensors`` file."""
+    from safetensors.torch import save_file
+
+    state = {k: (v.half() if half and v.is_floating_point() else v).contiguous() for k, v in module.sampling_model.state_dict().items() if not k.startswith("n_averaged")}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file(state, str(tmp), metadata={CKPT_KEY: json.dumps(checkpoint_meta(module))})
+    tmp.replace(path)
+    return path
+
+
+def read_weights(path: Path, map_location: str | torch.device) -> dict[str, Any]:
+    """A ``.safetensors`` export as a checkpoint dict (``state_dict`` under ``ema.module.``)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device=str(map_location)) as f:
+            meta = (f.metadata() or {}).get(CKPT_KEY)
+            state = {f"ema.module.{k}": f.get_tensor(k).float() for k in f.keys()}
+    except Exception as err:
+        raise ValueError(f"{path} is not a readable safetensors file: {err}") from err
+    if meta is None:
+        raise ValueError(f"{path} is not a layoutdiffuse export (no '{CKPT_KEY}' metadata)")
+    return {CKPT_KEY: json.loads(meta), "state_dict": state}
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> pl.LightningModule:
-    """A trained module from a checkpoint (architecture and config are stored in it)."""
-    ckpt = read_checkpoint(path, map_location)
+    """A trained module from a Lightning checkpoint or a ``.safetensors`` export (architecture and
+    config are stored in it). Never unpickles code: ``weights_only=True`` / safetensors."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        if not path.exists():
+            raise FileNotFoundError(f"weights file {path} does not exist")
+        ckpt = read_weights(path, map_location)
+    else:
+        ckpt = read_checkpoint(path, map_location)
     meta = ckpt[CKPT_KEY]
     config = meta["config"]
-    model = UNet(**meta["model"])
-    cls = TRAININGS.get(config["diffusion"].get("training", "DDPMTraining"))
-    process, kwargs = cls.split_config(config["diffusion"])
-    module = cls(model, diffusion=process, image_shape=tuple(meta["image_shape"]), seed=config.get("seed", 0), config=config, **kwargs)
-    missing, unexpected = module.load_state_dict(ckpt["state_dict"], strict=False)
+    if is_foundation_config(config):  # frozen parts reload from the foundation, the rest from the checkpoint
+        from .sd.foundation import build_foundation_module
+
+        module = build_foundation_module(config, architecture=meta["model"])
+    else:
+        model = UNet(**meta["model"])
+        cls = TRAININGS.get(config["diffusion"].get("training", "DDPMTraining"))
+        process, kwargs = cls.split_config(config["diffusion"])
+        module = cls(model, diffusion=process, image_shape=tuple(meta["image_shape"]), seed=config.get("seed", 0), config=config, **kwargs)
+    module.class_names = meta.get("class_names") or []
+    state = ckpt["state_dict"]
+    if not any(k.startswith("model.") for k in state):  # a weights export: EMA weights only
+        state = {**state, **{"model." + k[len("ema.module."):]: v for k, v in state.items()}}
+        if module.ema is not None:
+            state["ema.n_averaged"] = torch.tensor(1)
+    missing, unexpected = module.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(f"checkpoint {path} does not match its architecture: missing keys {missing[:10]}, unexpected keys {unexpected[:10]}")
     module.on_load_checkpoint(ckpt)

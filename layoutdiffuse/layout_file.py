@@ -1,0 +1,66 @@
+"""Layout files: a small JSON format for drawing layouts by hand or in the widget notebook.
+
+    [{"label": "7", "box": [0.1, 0.2, 0.4, 0.5]}, {"label": 3, "box": [x, y, w, h]}]
+
+Boxes are ``[x, y, w, h]`` normalised to [0, 1] (top-left corner and size); labels are class
+names or integer ids. ``[]`` is the empty layout (an unconditional sample).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from .data.layout import LayoutError, validate_layout
+
+
+def parse_layout(objects: Any, class_names: Sequence[str]) -> torch.Tensor:
+    """A list of ``{"label", "box"}`` objects -> validated layout ``(N, 5)``."""
+    if not isinstance(objects, list):
+        raise LayoutError(f"a layout is a JSON list of objects like {{\"label\": \"7\", \"box\": [x, y, w, h]}}, got {type(objects).__name__}")
+    rows = []
+    for i, obj in enumerate(objects):
+        if not isinstance(obj, dict) or set(obj) - {"label", "box"} or not {"label", "box"} <= set(obj):
+            raise LayoutError(f"object {i}: expected exactly the keys 'label' and 'box', got {obj!r}")
+        label, box = obj["label"], obj["box"]
+        if isinstance(label, str) and label in class_names:
+            cls = list(class_names).index(label)
+        elif isinstance(label, int) and not isinstance(label, bool) and 0 <= label < len(class_names):
+            cls = label
+        else:
+            shown = ", ".join(class_names[:20]) + (" ..." if len(class_names) > 20 else "")
+            raise LayoutError(f"object {i}: unknown label {label!r}; use a class name ({shown}) or an id in [0, {len(class_names)})")
+        if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)):
+            raise LayoutError(f"object {i}: 'box' must be a list of 4 numbers [x, y, w, h] in [0, 1], got {box!r}")
+        rows.append([*map(float, box), float(cls)])
+    layout = torch.tensor(rows, dtype=torch.float32).reshape(-1, 5)
+    return validate_layout(layout, len(class_names))
+
+
+def load_layout(path: str | Path, class_names: Sequence[str]) -> torch.Tensor:
+    """Read and validate a layout file -> ``(N, 5)``."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"layout file {path} does not exist")
+    try:
+        objects = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise LayoutError(f"{path} is not valid JSON: {err}") from err
+    try:
+        return parse_layout(objects, class_names)
+    except LayoutError as err:
+        raise LayoutError(f"{path}: {err}") from None
+
+
+def layout_to_json(layout: torch.Tensor, class_names: Sequence[str]) -> list[dict[str, Any]]:
+    """``(N, 5)`` -> the JSON objects of a layout file (padding rows dropped)."""
+    return [{"label": class_names[int(r[4])], "box": [round(float(v), 4) for v in r[:4]]} for r in layout if r[4] >= 0]
+
+
+def save_layout(layout: torch.Tensor, path: str | Path, class_names: Sequence[str]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(layout_to_json(layout, class_names), indent=1))
+    return path
