@@ -56,21 +56,21 @@ def validate_layout(layout: torch.Tensor, num_classes: int, tolerance: float = T
     batched = layout if layout.ndim == 3 else layout[None]
     valid = validity(batched) | torch.isnan(batched[..., 4])
 
-    def fail(mask: torch.Tensor, what: str) -> None:
+    def fail(mask: torch.Tensor, what: str, first_field: int = 0) -> None:
         bad = (mask & (valid[..., None] if mask.ndim == 3 else valid)).nonzero()
         if len(bad):
             b, n, *f = bad[0].tolist()
-            field = FIELDS[f[0]] if f else "box"
+            field = FIELDS[first_field + f[0]] if f else "box"
             where = f"object {n}" if layout.ndim == 2 else f"image {b}, object {n}"
             row = [round(v, 4) for v in batched[b, n].tolist()]
             raise LayoutError(f"{where}: field '{field}' {what} (row {row})")
 
     fail(~torch.isfinite(batched), "is NaN or infinite")
-    fail(batched[..., 2:4] <= 0, "must be > 0 (box sizes are positive)")
+    fail(batched[..., 2:4] <= 0, "must be > 0 (box sizes are positive)", first_field=2)
     fail(batched[..., 0:2] < -tolerance, "must be >= 0 (boxes start inside the image)")
     fail(batched[..., 0:2] + batched[..., 2:4] > 1 + tolerance, "leaves the image: x + w and y + h must be <= 1")
     cls = batched[..., 4:5]
-    fail((cls != cls.round()) | (cls >= num_classes), f"must be an integer class in [0, {num_classes})")
+    fail((cls != cls.round()) | (cls >= num_classes), f"must be an integer class in [0, {num_classes})", first_field=4)
     return layout
 
 

@@ -133,8 +133,11 @@ def merge_heads(t: torch.Tensor) -> torch.Tensor:
 class AttentionBlock(ConditionBlock):
     """Multi-head self-attention over all ``H*W`` cells, residual, zero-initialised output.
 
-    ``x: (B, C, H, W)`` -> same shape. Subclasses may add keys/values through
-    :meth:`extra_tokens` (task-aware prompts do).
+    ``x: (B, C, H, W)`` -> same shape. Subclasses may change :meth:`attend`.
+
+    ``task_prompt``: ``None``, or a module set by the layout adaptor
+    (:class:`~layoutdiffuse.nn.adaptor.TaskPromptAttention`); when ``cond`` carries
+    ``"task_prompts"`` its output ``task_prompt(q, cond["task_prompts"])`` is added to the attention.
     """
 
     def __init__(self, channels: int, num_heads: int = 1):
@@ -145,6 +148,7 @@ class AttentionBlock(ConditionBlock):
         self.norm = group_norm(channels)
         self.qkv = nn.Conv1d(channels, 3 * channels, 1)
         self.proj_out = zero_module(nn.Conv1d(channels, channels, 1))
+        self.task_prompt: nn.Module | None = None
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cond: Cond) -> torch.Tensor:
         """``q, k, v: (B, heads, L, c)`` -> ``(B, heads, L, c)``."""
@@ -154,5 +158,8 @@ class AttentionBlock(ConditionBlock):
         b, c, h, w = x.shape
         qkv = self.qkv(self.norm(x).reshape(b, c, h * w))
         q, k, v = (split_heads(t, self.num_heads) for t in qkv.chunk(3, dim=1))
-        a = merge_heads(self.attend(q, k, v, cond))
+        a = self.attend(q, k, v, cond)
+        if self.task_prompt is not None and cond is not None and cond.get("task_prompts") is not None:
+            a = a + self.task_prompt(q, cond["task_prompts"])
+        a = merge_heads(a)
         return x + self.proj_out(a).reshape(b, c, h, w)

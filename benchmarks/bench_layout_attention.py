@@ -1,0 +1,191 @@
+"""Layout attention: vectorised block vs the naive per-object loop of tests/, side by side.
+
+    python benchmarks/bench_layout_attention.py [--repeats 3] [--threads 2] [--device cpu|cuda]
+
+Prints JSON. For B=16, N=8 boxes, C=128, 1 head, at 16x16 and 32x32: forward+backward time
+(``y.square().mean()`` backpropagated to x, the prompt table and every block parameter), the
+ratio naive / vectorised, the largest output and gradient differences, and peak memory.
+
+* Naive = ``naive_layout_attention`` from ``tests/test_layout_attention.py`` (loops over batch
+  items, objects and heads, written from METHOD.md). Two attention primitives for it:
+  ``naive`` uses the test's own softmax(q k^T / sqrt(c)) v, ``naive_sdpa`` uses
+  ``F.scaled_dot_product_attention`` like the vectorised block, so that ratio measures the loop
+  and the restricted global branch only, not a different attention kernel.
+* ``vectorised_one_bucket``: the same block with every region padded to the largest region of the
+  batch (one attention call for all objects), to show what the size buckets buy.
+* Boxes: sizes uniform in [0.05, 0.6] of the image side, positions uniform inside the image,
+  classes uniform in [0, 180) (COCO-stuff-like counts and sizes).
+* Times: runs interleaved (so load from other processes hits all alike); ``*_s`` is the minimum
+  wall time over repeats, ``*_cpu_s`` the minimum process CPU time (all threads), steadier on a
+  shared machine.
+* Memory on CPU: each measurement runs in a fresh subprocess (warmed up on a 4x4 input); the peak
+  resident set size is reset (``/proc/self/clear_refs``, Linux) and its growth over one
+  forward+backward reported (``VmHWM - VmRSS`` before); it counts allocator slack too, so read it
+  as an upper bound. On CUDA: ``torch.cuda.max_memory_allocated`` minus what was allocated before.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
+
+from layoutdiffuse.data.layout import pad_layouts  # noqa: E402
+from layoutdiffuse.nn import adaptor  # noqa: E402
+from layoutdiffuse.nn.adaptor import LayoutAttention, rasterize_boxes  # noqa: E402
+from test_layout_attention import naive_layout_attention  # noqa: E402
+
+B, N, C, CLASSES, EMBED = 16, 8, 128, 180, 128
+
+
+def sdpa_2d(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return F.scaled_dot_product_attention(q[None], k[None], v[None])[0]
+
+
+def setup(size: int, device: str, seed: int = 0):
+    torch.manual_seed(seed)
+    block = LayoutAttention(C, EMBED, num_heads=1).to(device)
+    torch.nn.init.normal_(block.proj_out.weight, std=0.05)  # zero at init; random so gradients flow
+    table = torch.nn.Parameter(torch.randn(CLASSES + 1, EMBED, device=device))
+    g = torch.Generator().manual_seed(seed)
+    wh = 0.05 + 0.55 * torch.rand(B, N, 2, generator=g)
+    xy = torch.rand(B, N, 2, generator=g) * (1 - wh)
+    cls = torch.randint(0, CLASSES, (B, N, 1), generator=g).float()
+    layout = pad_layouts(list(torch.cat([xy, wh, cls], -1))).to(device)
+    x = torch.randn(B, C, size, size, device=device)
+    return block, table, layout, x
+
+
+def step(kind: str, block, table, layout, x):
+    """One forward+backward; returns (output, grads of x, table and all parameters)."""
+    xg = x.clone().requires_grad_(True)
+    if kind == "vectorised":
+        y = block(xg, {"layout": layout, "prompt_table": table})
+    elif kind == "vectorised_one_bucket":  # every region padded to the largest: no size buckets
+        saved = dict(adaptor.BUCKET_OVERHEAD)
+        adaptor.BUCKET_OVERHEAD.update(cpu=1e30, cuda=1e30)
+        try:
+            y = block(xg, {"layout": layout, "prompt_table": table})
+        finally:
+            adaptor.BUCKET_OVERHEAD.update(saved)
+    elif kind == "naive_sdpa":
+        y = naive_layout_attention(block, xg, table, layout=layout, attend=sdpa_2d)
+    else:
+        y = naive_layout_attention(block, xg, table, layout=layout)
+    params = [xg, table] + list(block.parameters())
+    grads = torch.autograd.grad(y.square().mean(), params)
+    return y.detach(), grads
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(kind: str, args, device: str) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) of one forward+backward."""
+    sync(device)
+    t0, c0 = time.perf_counter(), time.process_time()
+    step(kind, *args)
+    sync(device)
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def _rss_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
+def peak_memory(kind: str, size: int, device: str) -> int:
+    """Peak memory growth in bytes of one forward+backward (see module docstring)."""
+    step(kind, *setup(4, device))  # warm-up: kernels, thread pools
+    args = setup(size, device)
+    if device == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        step(kind, *args)
+        return torch.cuda.max_memory_allocated() - base
+    with open("/proc/self/clear_refs", "w") as f:  # Linux: reset the peak RSS (VmHWM) to the current RSS
+        f.write("5")
+    base = _rss_kib("VmRSS")
+    step(kind, *args)
+    return (_rss_kib("VmHWM") - base) * 1024
+
+
+def memory_in_subprocess(kind: str, size: int, device: str, threads: int) -> int:
+    out = subprocess.run([sys.executable, __file__, "--memory", kind, str(size), "--device", device, "--threads", str(threads)],
+                         capture_output=True, text=True, check=True)
+    return int(out.stdout.strip())
+
+
+def bench(size: int, device: str, repeats: int, threads: int) -> dict:
+    args = setup(size, device)
+    kinds = ("vectorised", "naive_sdpa", "naive", "vectorised_one_bucket")
+    outputs = {k: step(k, *args) for k in kinds}  # also warms up
+    y1, g1 = outputs["vectorised"]
+    diffs = {}
+    for k in kinds[1:]:
+        y2, g2 = outputs[k]
+        diffs[k] = {"max_abs_output_diff": (y1 - y2).abs().max().item(),
+                    "max_rel_grad_diff": max(((a - b).abs().max() / b.abs().max().clamp(min=1e-12)).item()
+                                             for a, b in zip(g1, g2))}
+    wall: dict[str, list[float]] = {k: [] for k in kinds}
+    cpu: dict[str, list[float]] = {k: [] for k in kinds}
+    for _ in range(repeats):
+        for k in kinds:
+            w, c = timed(k, args, device)
+            wall[k].append(w)
+            cpu[k].append(c)
+    cover = rasterize_boxes(args[2].cpu(), size, size).flatten(2).any(1)
+    res = {"size": f"{size}x{size}", "covered_fraction": round(cover.float().mean().item(), 3)}
+    for k in kinds:
+        res[f"{k}_s"] = round(min(wall[k]), 4)
+        res[f"{k}_cpu_s"] = round(min(cpu[k]), 4)
+    for k in kinds[1:]:
+        res[f"speedup_vs_{k}"] = round(min(wall[k]) / min(wall["vectorised"]), 2)
+        res[f"speedup_vs_{k}_cpu"] = round(min(cpu[k]) / min(cpu["vectorised"]), 2)
+    res["equal_output_1e-5"] = all(d["max_abs_output_diff"] < 1e-5 for d in diffs.values())
+    res["diffs"] = diffs
+    res["peak_memory_bytes"] = {k: memory_in_subprocess(k, size, device, threads) for k in kinds[:3]}
+    return res
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--sizes", type=int, nargs="+", default=[16, 32])
+    p.add_argument("--memory", nargs=2, metavar=("KIND", "SIZE"), help=argparse.SUPPRESS)
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    if a.memory:
+        print(peak_memory(a.memory[0], int(a.memory[1]), a.device))
+        return
+    t0 = time.perf_counter()
+    results = [bench(s, a.device, a.repeats, a.threads) for s in a.sizes]
+    print(json.dumps({
+        "benchmark": "layout attention forward+backward: vectorised vs naive per-object loop (tests/)",
+        "device": "cpu" if a.device == "cpu" else torch.cuda.get_device_name(),
+        "threads": torch.get_num_threads(), "torch": torch.__version__, "load_average": os.getloadavg(),
+        "batch": B, "objects": N, "channels": C, "heads": 1, "repeats": a.repeats,
+        "memory_method": "torch.cuda.max_memory_allocated growth" if a.device == "cuda"
+        else "peak RSS (VmHWM, reset via /proc/self/clear_refs) growth over one fwd+bwd in a fresh process (upper bound)",
+        "results": results,
+        "wall_s": round(time.perf_counter() - t0, 1),
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()
