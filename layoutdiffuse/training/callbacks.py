@@ -33,7 +33,7 @@ class ImageLogger(pl.Callback):
 
     def conditions(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any] | None:
         loaders = trainer.val_dataloaders
-        if loaders is None:
+        if loaders is None or getattr(pl_module.model, "adaptor", None) is None:  # only layout models take layouts
             return None
         batch = next(iter(loaders))
         inputs = pl_module.process_batch(pl_module.transfer_batch_to_device(batch, pl_module.device, 0), "val")
