@@ -4,6 +4,7 @@ A config has the sections of the original release::
 
     {"expt_name": str, "expt_dir": str, "seed": int,
      "denoising_model": {UNet arguments},            # or "adapt": {"foundation_ckpt", "layout"}
+                                                     # or "adapt": {"foundation", "path", "layout", ...} (layoutdiffuse.sd)
      "diffusion": {"training": name, schedule/process, optimizer, sampling, ...},
      "data": {"dataset": name, "batch_size", "num_workers", dataset arguments},
      "trainer_args": {pytorch_lightning.Trainer arguments},
@@ -135,6 +136,19 @@ def validate(config: dict[str, Any]) -> None:
         check_keys(model, signature_defaults(UNet), "denoising_model")
         check_name(RES_BLOCKS, model.get("res_block_type", "scale_shift"), "denoising_model.res_block_type")
         check_name(ATTN_BLOCKS, model.get("attn_block_type", "self"), "denoising_model.attn_block_type")
+    elif isinstance(config["adapt"], dict) and "foundation" in config["adapt"]:  # a diffusers foundation (layoutdiffuse.sd)
+        from .sd.spec import FOUNDATION_KEYS, FOUNDATION_REQUIRED, FOUNDATIONS, LAYOUT_KEYS
+
+        check_keys(config["adapt"], FOUNDATION_KEYS, "adapt")
+        for key in FOUNDATION_REQUIRED:
+            if key not in config["adapt"]:
+                raise ConfigError(f"config is missing 'adapt.{key}'")
+        if config["adapt"]["foundation"] not in FOUNDATIONS:
+            raise ConfigError(f"config key 'adapt.foundation': unknown foundation '{config['adapt']['foundation']}'; "
+                              f"choose one of: {', '.join(FOUNDATIONS)}")
+        check_keys(config["adapt"]["layout"], LAYOUT_KEYS, "adapt.layout")
+        if "num_classes" not in config["adapt"]["layout"]:
+            raise ConfigError("config is missing 'adapt.layout.num_classes'")
     else:
         check_keys(config["adapt"], {"foundation_ckpt": "", "layout": {}}, "adapt")
         for key in ("foundation_ckpt", "layout"):

@@ -61,7 +61,7 @@ def test_resume_is_exact(tmp_path, mnist_root):
     assert max(diffs.values()) == 0, {k: v for k, v in diffs.items() if v}
     assert resumed.trainer_ref.global_step == 8
     # and the weights really moved during the resumed half
-    first_half = load_checkpoint(ckpt)
+    first_half = load_checkpoint(tmp_path / "split" / "checkpoints" / "step_000004.ckpt")
     assert any(not torch.equal(v, first_half.state_dict()[k]) for k, v in b.items() if k.startswith("model."))
 
 

@@ -1,6 +1,7 @@
 """LightningModules and callbacks."""
 from .ddim import DDIMTraining
 from .ddpm import DDPMTraining
-from .mnist import DDPM_MNIST
+from .latent import LatentDDPMTraining
+from .mnist import DDIM_MNIST, DDPM_MNIST
 
-__all__ = ["DDIMTraining", "DDPMTraining", "DDPM_MNIST"]
+__all__ = ["DDIMTraining", "DDPMTraining", "DDPM_MNIST", "DDIM_MNIST", "LatentDDPMTraining"]

@@ -1,0 +1,35 @@
+"""Foundational diffusers models (Stable Diffusion 1.x/2.x, LDM CelebA-HQ) adapted by LayoutDiffuse.
+
+* :class:`~layoutdiffuse.sd.adaptor.LayoutDiffusersUNet` -- a diffusers ``UNet2DConditionModel`` or
+  ``UNet2DModel`` plus the layout adaptor, an exact copy of the foundation at insertion.
+* :func:`~layoutdiffuse.sd.foundation.load_foundation` -- UNet, autoencoder, text encoder, tokenizer
+  and noise schedule from a diffusers folder, a single ``.ckpt``/``.safetensors`` file, or the CompVis
+  LDM ``model.ckpt``.
+* :func:`~layoutdiffuse.sd.foundation.build_foundation_module` -- the experiment builder behind
+  ``"adapt": {"foundation": ..., "path": ..., "layout": {...}}`` configs.
+
+Importing this package is cheap; diffusers and transformers load on first use of these names
+(install them with ``pip install 'layoutdiffuse[sd]'``).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from .spec import FOUNDATION_KEYS, FOUNDATIONS, is_foundation_config
+
+_LAZY = {
+    "LayoutDiffusersUNet": "adaptor", "TaskPromptProcessor": "adaptor", "PromptGate": "adaptor", "layout_sites": "adaptor",
+    "Foundation": "foundation", "load_foundation": "foundation", "build_foundation_module": "foundation",
+    "check_foundation_files": "foundation", "diffusion_from_scheduler": "foundation",
+    "convert_ldm_unet": "ldm", "convert_ldm_vq": "ldm", "load_ldm": "ldm",
+}
+
+__all__ = ["FOUNDATIONS", "FOUNDATION_KEYS", "is_foundation_config", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

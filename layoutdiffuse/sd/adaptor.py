@@ -1,0 +1,383 @@
+"""The LayoutDiffuse adaptor inside a diffusers UNet, without renaming a single pretrained weight.
+
+:class:`LayoutDiffusersUNet` holds the foundation UNet at ``unet.*`` (its state-dict keys unchanged
+below that prefix) and the adaptor at ``adaptor.*`` and ``task_prompt.*`` (the names
+:func:`~layoutdiffuse.nn.adaptor.is_adaptor_name` recognises, so ``param_groups`` and the
+``freeze_backbone`` / ``separate`` training modes work unchanged). Nothing is added inside the
+diffusers modules: the adaptor reaches them through
+
+* **forward hooks** -- a :class:`~layoutdiffuse.nn.adaptor.LayoutAttention` runs on the output of
+  every transformer block (``Transformer2DModel`` in Stable Diffusion, self-``Attention`` in LDM) at
+  the chosen levels, or of every ResNet at a chosen level that has no attention (METHOD.md section 3);
+* **attention processors** (``Attention.set_processor``) -- :class:`TaskPromptProcessor` adds the
+  task-aware prompts (METHOD.md section 4). Text foundations: the prompt tokens are projected
+  (bias-free) to the text-context dimension and appended to the text context of every
+  cross-attention layer; each layer attends to them with its own pretrained ``to_k``/``to_v``.
+  Unconditional foundations: every self-attention layer gets a
+  :class:`~layoutdiffuse.nn.adaptor.TaskPromptAttention` (own bias-free projection to keys/values).
+
+Identity at insertion is exact (``torch.equal``), by the same device as the pixel-space adaptor:
+layout attention ends in a zero-initialised ``proj_out``, and the prompt branch of attention is a
+second softmax over the prompt keys scaled by a zero-initialised per-head gate,
+``a = softmax(q k_text^T) v_text + gate * softmax(q k_prompt^T) v_prompt``, added before the
+layer's output projection. (Concatenating the prompts into one softmax would move softmax mass to
+them even with a zero projection; the gate keeps the start exact and still gets a gradient from
+the first step.)
+"""
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Iterable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from ..latent import require_diffusers
+from ..nn.adaptor import LayoutAdaptor, TaskPromptAttention, is_adaptor_name
+from .spec import LAYOUT_DEFAULTS
+
+log = logging.getLogger(__name__)
+
+UNET_CLASSES = ("UNet2DConditionModel", "UNet2DModel")
+_DEFAULT_PROCESSORS = ("AttnProcessor2_0",)
+
+
+def _listed(keys: Sequence[str], limit: int = 20) -> str:
+    more = f" ... and {len(keys) - limit} more" if len(keys) > limit else ""
+    return "[" + ", ".join(keys[:limit]) + more + "]"
+
+
+def plain_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A diffusers ``FrozenDict`` config as plain JSON data (tuples -> lists, private keys dropped)."""
+    return json.loads(json.dumps({k: v for k, v in dict(config).items() if not k.startswith("_")}, default=list))
+
+
+def checkpointed_call(module: nn.Module, *args: Any) -> Any:
+    """diffusers' default gradient-checkpointing function, at module level so that models pickle
+    (Lightning's ``ddp_spawn`` sends the module to its processes)."""
+    return checkpoint(module.__call__, *args, use_reentrant=False)
+
+
+class PromptGate(nn.Module):
+    """The zero-initialised per-head gate of the task-prompt branch of one cross-attention layer."""
+
+    def __init__(self, num_heads: int):
+        super().__init__()
+        self.gate = nn.Parameter(torch.zeros(num_heads))
+
+
+class TaskPromptProcessor:
+    """diffusers' ``AttnProcessor2_0`` plus a gated task-prompt branch.
+
+    ``module``: a :class:`PromptGate` (cross-attention; the prompts are the last
+    ``num_context_prompts`` tokens of ``encoder_hidden_states``) or a
+    :class:`~layoutdiffuse.nn.adaptor.TaskPromptAttention` (self-attention; the prompt tokens are
+    ``adaptor.task_prompts``). The base path is ``AttnProcessor2_0``'s code, op for op, so a zero
+    gate reproduces the foundation bit for bit.
+    """
+
+    def __init__(self, module: nn.Module, num_context_prompts: int = 0, adaptor: LayoutAdaptor | None = None):
+        if num_context_prompts and not isinstance(module, PromptGate):
+            raise TypeError("cross-attention prompts need a PromptGate")
+        if not num_context_prompts and (not isinstance(module, TaskPromptAttention) or adaptor is None):
+            raise TypeError("self-attention prompts need a TaskPromptAttention and the adaptor holding the prompt tokens")
+        self.module = module
+        self.num_context_prompts = num_context_prompts
+        self.adaptor = adaptor
+
+    def __call__(self, attn: nn.Module, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None, *args: Any, **kwargs: Any) -> torch.Tensor:
+        prompts = None
+        n_prompts = self.num_context_prompts
+        if n_prompts:
+            if encoder_hidden_states is None or encoder_hidden_states.shape[1] <= n_prompts:
+                got = None if encoder_hidden_states is None else tuple(encoder_hidden_states.shape)
+                raise ValueError(f"this cross-attention layer expects the text context followed by {n_prompts} task-prompt "
+                                 f"tokens (LayoutDiffusersUNet appends them), got encoder_hidden_states of shape {got}")
+            encoder_hidden_states, prompts = encoder_hidden_states[:, :-n_prompts], encoder_hidden_states[:, -n_prompts:]
+
+        # --- diffusers AttnProcessor2_0, unchanged --------------------------------------------------
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            batch_size, channel, height, width = hidden_states.shape
+            hidden_states = hidden_states.view(batch_size, channel, height * width).transpose(1, 2)
+        batch_size, sequence_length, _ = hidden_states.shape if encoder_hidden_states is None else encoder_hidden_states.shape
+        if attention_mask is not None:
+            attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch_size)
+            attention_mask = attention_mask.view(batch_size, attn.heads, -1, attention_mask.shape[-1])
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        query = attn.to_q(hidden_states)
+        if encoder_hidden_states is None:
+            encoder_hidden_states = hidden_states
+        elif attn.norm_cross:
+            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+        key = attn.to_k(encoder_hidden_states)
+        value = attn.to_v(encoder_hidden_states)
+        inner_dim = key.shape[-1]
+        head_dim = inner_dim // attn.heads
+        query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+        key = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+        value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+        hidden_states = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False)
+
+        # --- the task-prompt branch (zero at insertion) -------------------------------------------------
+        hidden_states = hidden_states + self.prompt_branch(attn, query, prompts, batch_size, head_dim)
+
+        hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
+        hidden_states = hidden_states.to(query.dtype)
+        hidden_states = attn.to_out[0](hidden_states)
+        hidden_states = attn.to_out[1](hidden_states)
+        if input_ndim == 4:
+            hidden_states = hidden_states.transpose(-1, -2).reshape(batch_size, channel, height, width)
+        if attn.residual_connection:
+            hidden_states = hidden_states + residual
+        return hidden_states / attn.rescale_output_factor
+
+    def prompt_branch(self, attn: nn.Module, query: torch.Tensor, prompts: torch.Tensor | None, batch_size: int, head_dim: int) -> torch.Tensor:
+        """``gate * softmax(q pk^T / sqrt(c)) pv``: ``(B, heads, L, c)``."""
+        if prompts is None:
+            return self.module(query, self.adaptor.task_prompts)
+        if attn.norm_cross:
+            prompts = attn.norm_encoder_hidden_states(prompts)
+        pk = attn.to_k(prompts).view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+        pv = attn.to_v(prompts).view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+        if attn.norm_k is not None:
+            pk = attn.norm_k(pk)
+        out = F.scaled_dot_product_attention(query, pk, pv)
+        return self.module.gate.to(out.dtype)[None, :, None, None] * out
+
+
+class _LayoutHook:
+    """Forward hook: run the layout-attention block ``key`` on a diffusers module's output."""
+
+    def __init__(self, owner: "LayoutDiffusersUNet", key: str):
+        self.owner, self.key = owner, key
+
+    def __call__(self, module: nn.Module, args: Any, output: Any) -> Any:
+        return self.owner._after_site(self.key, output)
+
+
+def _site_channels(module: nn.Module) -> int:
+    for attr in ("in_channels", "query_dim", "out_channels"):  # Transformer2DModel, Attention, ResnetBlock2D
+        value = getattr(module, attr, None)
+        if isinstance(value, int):
+            return value
+    raise TypeError(f"cannot tell the channels of a {type(module).__name__}")
+
+
+def layout_sites(unet: nn.Module, levels: Iterable[int]) -> dict[str, tuple[str, int]]:
+    """Where layout attention goes: ``{adaptor key: (module name in unet, channels)}``.
+
+    Level ``i`` is the downsample exponent of the latent (``down_blocks[i]``, ``up_blocks[n-1-i]``,
+    the middle block at ``n-1``). At a chosen level every attention module (transformer block) gets
+    one after it; a level without attention gets one after every ResNet.
+    """
+    n = len(unet.down_blocks)
+    levels = list(levels)
+    bad = [lvl for lvl in levels if not isinstance(lvl, int) or not 0 <= lvl < n]
+    if bad:
+        raise ValueError(f"adaptor levels {bad} out of range; this UNet has levels 0..{n - 1} "
+                         f"(latent downsample exponents; block_out_channels={list(unet.config.block_out_channels)})")
+    sites: dict[str, tuple[str, int]] = {}
+
+    def add(prefix: str, block: nn.Module, level: int) -> None:
+        if level not in levels or block is None:
+            return
+        attentions = [(j, a) for j, a in enumerate(getattr(block, "attentions", None) or []) if a is not None]
+        chosen = [(f"{prefix}.attentions.{j}", a) for j, a in attentions] or [(f"{prefix}.resnets.{j}", r) for j, r in enumerate(block.resnets)]
+        for name, module in chosen:
+            sites[name.replace(".", "_")] = (name, _site_channels(module))
+
+    for i, block in enumerate(unet.down_blocks):
+        add(f"down_blocks.{i}", block, i)
+    add("mid_block", unet.mid_block, n - 1)
+    for j, block in enumerate(unet.up_blocks):
+        add(f"up_blocks.{j}", block, n - 1 - j)
+    return sites
+
+
+class LayoutDiffusersUNet(nn.Module):
+    """A diffusers UNet with the LayoutDiffuse adaptor; ``forward(x, t, cond) -> raw output``.
+
+    Args:
+        unet: a ``UNet2DConditionModel`` (text foundation: Stable Diffusion) or ``UNet2DModel``
+            (unconditional foundation: LDM). The wrapper takes ownership: processors and hooks are
+            installed on this object (deep-copy it first to keep a plain foundation).
+        layout: adaptor options, :data:`LAYOUT_DEFAULTS` (``num_classes`` required): ``levels``
+            (latent downsample exponents; the reference used 32x32 and 16x16 of a 64x64 latent,
+            ``[1, 2]``), ``embed_dim``, ``num_heads`` (layout attention), ``num_task_prompts``
+            (0 disables them), ``mask`` (mask layouts), ``region_mask_attention``.
+        foundation: the foundation kind, stored in :attr:`config` for checkpoints.
+
+    ``cond``: ``{"layout": (B, N, 5)}`` or ``{"mask": (B, H, W)}``, plus for text foundations
+    ``"context": (B, S, D)`` (the text encoder's hidden states; :class:`LatentDDPMTraining` encodes
+    captions). ``x: (B, C, h, w)``, ``t: (B,)`` -> ``(B, C_out, h, w)``.
+    """
+
+    def __init__(self, unet: nn.Module, layout: Mapping[str, Any], foundation: str | None = None):
+        super().__init__()
+        diffusers = require_diffusers()
+        from diffusers.models.attention_processor import Attention
+
+        if isinstance(unet, diffusers.UNet2DConditionModel):
+            self.text = True
+            cfg = unet.config
+            unsupported = {k: cfg.get(k) for k in ("encoder_hid_dim", "addition_embed_type", "class_embed_type") if cfg.get(k) is not None}
+            if unsupported:
+                raise NotImplementedError(f"UNet2DConditionModel with {unsupported} (SDXL-style extra conditioning) is not supported; "
+                                          "Stable Diffusion 1.x / 2.x UNets are")
+        elif isinstance(unet, diffusers.UNet2DModel):
+            self.text = False
+        else:
+            raise TypeError(f"LayoutDiffusersUNet adapts a diffusers {' or '.join(UNET_CLASSES)}, got {type(unet).__name__}")
+        unknown = sorted(set(layout) - set(LAYOUT_DEFAULTS))
+        if unknown:
+            raise ValueError(f"unknown layout adaptor options {unknown}; allowed: {', '.join(LAYOUT_DEFAULTS)}")
+        opts = {**LAYOUT_DEFAULTS, **layout}
+        if opts["num_classes"] is None:
+            raise ValueError("the layout adaptor needs num_classes (size of the instance prompt table, without the null row)")
+        opts["levels"] = list(opts["levels"])
+        self.unet = unet
+        self.foundation = foundation
+        self.layout_config = opts
+        self._cond: dict[str, Any] | None = None
+
+        sites = layout_sites(unet, opts["levels"])
+        if not sites:
+            raise ValueError(f"no UNet block at levels {opts['levels']} to attach layout attention to")
+        self.adaptor = LayoutAdaptor({k: ch for k, (_, ch) in sites.items()}, opts["num_classes"], opts["embed_dim"],
+                                     opts["num_heads"], opts["num_task_prompts"], opts["mask"], opts["region_mask_attention"])
+        self.task_prompt = nn.ModuleDict()
+        self.num_context_prompts = 0
+        if opts["num_task_prompts"]:
+            layers = [(name, m) for name, m in unet.named_modules() if isinstance(m, Attention) and (m.is_cross_attention or not self.text)]
+            odd = sorted({type(m.processor).__name__ for _, m in layers} - set(_DEFAULT_PROCESSORS))
+            if odd:
+                raise NotImplementedError(f"task prompts replace diffusers' default attention processor (AttnProcessor2_0); "
+                                          f"this UNet uses {odd}: call unet.set_default_attn_processor() or set_attn_processor(AttnProcessor2_0()) first")
+            if self.text:
+                self.num_context_prompts = opts["num_task_prompts"]
+                self.task_prompt["context"] = nn.Linear(opts["embed_dim"], unet.config.cross_attention_dim, bias=False)
+            for name, m in layers:
+                key = name.replace(".", "_")
+                if self.text:
+                    module: nn.Module = PromptGate(m.heads)
+                    m.set_processor(TaskPromptProcessor(module, num_context_prompts=self.num_context_prompts))
+                else:
+                    module = TaskPromptAttention(m.inner_dim, opts["embed_dim"], m.heads)
+                    m.set_processor(TaskPromptProcessor(module, adaptor=self.adaptor))
+                self.task_prompt[key] = module
+        for key, (name, _) in sites.items():
+            unet.get_submodule(name).register_forward_hook(_LayoutHook(self, key))
+        param = next(unet.parameters())
+        self.adaptor.to(param.device)
+        self.task_prompt.to(param.device)
+        log.info("layout adaptor on %s: %d layout-attention blocks at levels %s, %d task-prompt layers, %d adaptor parameters",
+                 type(unet).__name__, len(sites), opts["levels"], len(self.task_prompt) - int(self.text and bool(self.num_context_prompts)),
+                 sum(p.numel() for n, p in self.named_parameters() if is_adaptor_name(n)))
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Activation checkpointing of the UNet's blocks (diffusers) and of the layout-attention blocks."""
+        self.unet.enable_gradient_checkpointing(gradient_checkpointing_func=checkpointed_call)
+
+    def disable_gradient_checkpointing(self) -> None:
+        self.unet.disable_gradient_checkpointing()
+
+    # --- checkpoints -----------------------------------------------------------------------------
+    @property
+    def config(self) -> dict[str, Any]:
+        """Plain data that rebuilds the architecture (:meth:`from_config`); stored in checkpoints."""
+        return {"foundation": self.foundation, "unet_class": type(self.unet).__name__,
+                "unet": plain_config(self.unet.config), "layout": dict(self.layout_config)}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> "LayoutDiffusersUNet":
+        """The architecture of :attr:`config`, randomly initialised (load a state dict next)."""
+        diffusers = require_diffusers()
+        name = config.get("unet_class")
+        if name not in UNET_CLASSES:
+            raise ValueError(f"unknown unet_class {name!r}; choose one of: {', '.join(UNET_CLASSES)}")
+        unet = getattr(diffusers, name).from_config(dict(config["unet"]))
+        return cls(unet, config["layout"], foundation=config.get("foundation"))
+
+    def load_state_dict(self, state_dict: Mapping[str, torch.Tensor], strict: bool = True, assign: bool = False) -> Any:
+        """``nn.Module.load_state_dict`` whose strict failure lists missing, unexpected and mis-shaped keys,
+        foundation (``unet.*``) and adaptor keys apart."""
+        if strict:
+            report = state_dict_mismatch(self, state_dict)
+            if report:
+                raise KeyError(f"state dict does not match this adapted {type(self.unet).__name__}: {report}")
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    # --- forward -----------------------------------------------------------------------------------
+    def _after_site(self, key: str, output: Any) -> Any:
+        cond = self._cond
+        if cond is None:
+            raise RuntimeError("a layout-attention hook ran outside LayoutDiffusersUNet.forward; call the adapted model "
+                               "(model(x, t, cond)), not model.unet directly")
+        block = self.adaptor.blocks[key]
+
+        def run(h: torch.Tensor) -> torch.Tensor:
+            if getattr(self.unet, "is_gradient_checkpointing", False) and torch.is_grad_enabled():
+                return checkpoint(block, h, cond, use_reentrant=False)
+            return block(h, cond)
+
+        if isinstance(output, torch.Tensor):
+            return run(output)
+        if isinstance(output, tuple):
+            return (run(output[0]), *output[1:])
+        output.sample = run(output.sample)  # a diffusers output dataclass
+        return output
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: dict[str, Any] | None = None) -> torch.Tensor:
+        b = x.shape[0]
+        prepared = self.adaptor.prepare(cond, b)
+        if self.text:
+            context = prepared.get("context")
+            if context is None:
+                raise ValueError("this adapted model is text-conditioned: cond['context'] (B, S, D) must hold the text encoder's "
+                                 "hidden states (LatentDDPMTraining encodes cond['caption']; use the empty caption for none)")
+            if context.ndim != 3 or context.shape[0] != b:
+                raise ValueError(f"cond['context'] must have shape ({b}, S, D), got {tuple(context.shape)}")
+            if self.num_context_prompts:
+                prompts = self.task_prompt["context"](self.adaptor.task_prompts).to(context.dtype)
+                context = torch.cat([context, prompts.expand(b, -1, -1)], dim=1)
+        self._cond = prepared
+        try:
+            if self.text:
+                return self.unet(x, t, encoder_hidden_states=context, return_dict=False)[0]
+            return self.unet(x, t, return_dict=False)[0]
+        finally:
+            self._cond = None
+
+
+def state_dict_mismatch(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> str:
+    """Empty when ``state_dict`` fits ``model`` exactly; else which keys are missing, unexpected or mis-shaped
+    (foundation and adaptor keys listed apart)."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    shapes = [f"{k}: {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}" for k in own
+              if k in state_dict and hasattr(state_dict[k], "shape") and tuple(state_dict[k].shape) != tuple(own[k].shape)]
+    parts = []
+    for what, keys in (("missing", missing), ("unexpected", unexpected)):
+        adaptor = [k for k in keys if is_adaptor_name(k)]
+        other = [k for k in keys if not is_adaptor_name(k)]
+        if other:
+            parts.append(f"{len(other)} {what} foundation keys {_listed(other)}")
+        if adaptor:
+            parts.append(f"{len(adaptor)} {what} adaptor keys {_listed(adaptor)}")
+    if shapes:
+        parts.append(f"{len(shapes)} keys with another shape (given vs model) {_listed(shapes)}")
+    return "; ".join(parts)

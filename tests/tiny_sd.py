@@ -1,0 +1,64 @@
+"""Tiny foundations for the tests (from :mod:`layoutdiffuse.sd.testing`: random weights, real
+architectures, a generated stand-in CLIP tokenizer; nothing downloaded) and layout helpers."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+pytest.importorskip("transformers")
+
+from layoutdiffuse.sd.testing import (LDM_ARCHITECTURES, SD_ARCHITECTURES, SD_SCHEDULER, build_ldm, build_sd,  # noqa: E402,F401
+                                      randomize)
+from layoutdiffuse.sd.testing import save_sd_folder as _save_sd_folder  # noqa: E402
+
+MAX_LEN = SD_ARCHITECTURES["tiny"]["max_length"]
+CONTEXT_DIM = SD_ARCHITECTURES["tiny"]["unet"]["cross_attention_dim"]
+LDM_VQ = LDM_ARCHITECTURES["tiny"]["vq"]
+
+
+def tiny_sd(seed: int = 0) -> dict[str, Any]:
+    return build_sd("tiny", seed)
+
+
+def tiny_ldm(seed: int = 0) -> dict[str, Any]:
+    return build_ldm("tiny", seed)
+
+
+def save_sd_folder(root: Path, seed: int = 0, scheduler: dict[str, Any] | None = None) -> Path:
+    return _save_sd_folder(root, "tiny", seed, scheduler)
+
+
+def box_layouts(b: int, num_classes: int, seed: int = 1) -> torch.Tensor:
+    """Padded box layouts, item i with i % 4 objects (item 0 is the empty layout)."""
+    from layoutdiffuse.data.layout import pad_layouts
+
+    g = torch.Generator().manual_seed(seed)
+    layouts = []
+    for i in range(b):
+        n = i % 4
+        wh = 0.1 + 0.5 * torch.rand(n, 2, generator=g)
+        xy = torch.rand(n, 2, generator=g) * (1 - wh)
+        layouts.append(torch.cat([xy, wh, torch.randint(0, num_classes, (n, 1), generator=g).float()], 1))
+    return pad_layouts(layouts)
+
+
+def masks(b: int, size: int, num_classes: int, seed: int = 2) -> torch.Tensor:
+    """Random part masks ``(b, size, size)`` with ~20% ignore (255) pixels."""
+    g = torch.Generator().manual_seed(seed)
+    m = torch.randint(0, num_classes, (b, size, size), generator=g)
+    m[torch.rand(m.shape, generator=g) < 0.2] = 255
+    return m
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread: with two threads on a loaded 2-core machine, OpenMP
+    synchronisation made these tests ~100x slower. Restores the thread count afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
