@@ -15,15 +15,22 @@ run would.
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from ..diffusion import GaussianDiffusion, classifier_free_guidance, conditioned, make_sampler
 from ..diffusion.guidance import drop_condition, null_condition
+
+
+def ema_multi_avg(decay: float, averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
+    """EMA update ``avg <- decay * avg + (1 - decay) * current`` for ``AveragedModel`` (picklable, so
+    ``ddp_spawn`` can ship the module)."""
+    torch._foreach_lerp_(averaged, current, 1 - decay)
 
 
 class DDPMTraining(pl.LightningModule):
@@ -69,7 +76,7 @@ class DDPMTraining(pl.LightningModule):
         self.cond_drop_prob = cond_drop_prob
         self.seed = seed
         self.config = config or {}
-        self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True) if ema_decay > 0 else None
+        self.ema = AveragedModel(self.model, multi_avg_fn=partial(ema_multi_avg, ema_decay), use_buffers=True) if ema_decay > 0 else None
         if self.ema is not None:
             self.ema.requires_grad_(False)
 
@@ -78,11 +85,18 @@ class DDPMTraining(pl.LightningModule):
 
     @classmethod
     def config_keys(cls) -> dict[str, Any]:
-        """Allowed keys of the ``diffusion`` config section and example values for type checks."""
+        """Allowed keys of the ``diffusion`` config section and example values for type checks.
+
+        Collected along the MRO, so a subclass whose ``__init__`` forwards ``**kwargs`` (e.g.
+        ``DDIMTraining``) still accepts the base class's keys (``optimizer``, ``ema_decay``, ...).
+        """
         from ..config import signature_defaults
 
         skip = ("denoising_model", "diffusion", "image_shape", "seed", "config")
-        return {**cls.PROCESS_KEYS, **signature_defaults(cls.__init__, skip=skip)}
+        keys: dict[str, Any] = {}
+        for klass in reversed([k for k in cls.__mro__ if issubclass(k, DDPMTraining)]):
+            keys.update(signature_defaults(klass.__init__, skip=skip))
+        return {**cls.PROCESS_KEYS, **keys}
 
     @classmethod
     def split_config(cls, section: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
