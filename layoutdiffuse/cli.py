@@ -50,13 +50,14 @@ def mnist_test_images(image_size: int = 32, n: int | None = None, root: str | No
     (images ``start .. start + n``; all of them when ``n`` is None). Never downloads."""
     import torch
 
-    from .data.registry import DATASETS
+    from .data.mnist import mnist
 
-    ds = DATASETS.get("mnist")(split="val", root=root, image_size=image_size, download=False)
+    ds = mnist(train=False, root=root, download=False, image_size=image_size)
     stop = len(ds) if n is None else start + n
     if not 0 <= start < stop <= len(ds):
         raise ValueError(f"MNIST-test has {len(ds)} images; asked for images {start}..{stop}")
-    return torch.stack([ds[i][0] for i in range(start, stop)])
+    # the dataset's own transform, on the whole uint8 stack at once (same values as item by item)
+    return ds.transform(ds.data[start:stop, None]).as_subclass(torch.Tensor)
 
 
 def bits_per_dim(module: Any, images: "torch.Tensor", batch_size: int = 128, seed: int = 0, progress: bool = False) -> dict[str, Any]:
