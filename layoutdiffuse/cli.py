@@ -123,10 +123,11 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     from .experiment import load_checkpoint
 
-    if not (args.nll or args.fid):
-        raise ValueError("nothing to evaluate: pass --nll (bits/dim on MNIST-test) and/or --fid (digit-FID of samples vs MNIST-test)")
-    if args.n is not None and args.n < (2 if args.fid else 1):
-        raise ValueError(f"--n must be >= {2 if args.fid else 1} (images), got {args.n}")
+    if not (args.nll or args.fid or args.layout):
+        raise ValueError("nothing to evaluate: pass --nll (bits/dim on MNIST-test), --fid (digit-FID of samples vs MNIST-test) "
+                         "and/or --layout (layout accuracy, digit-FID and diversity of a Layout-MNIST layout model)")
+    if args.n is not None and args.n < (2 if args.fid or args.layout else 1):
+        raise ValueError(f"--n must be >= {2 if args.fid or args.layout else 1} (images), got {args.n}")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -150,6 +151,13 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                          "n": n, "reference": f"MNIST-test ({len(reference)} images) at {size}x{size}",
                          "digit_fid": round(digit_fid(reference, samples, classifier=classifier, device=device), 4),
                          "seconds_per_image": round(seconds / n, 4)}
+    if args.layout:
+        from .evaluation.layout_mnist import evaluate_layout_mnist
+
+        if getattr(module.model, "adaptor", None) is None:
+            raise ValueError(f"--layout needs a layout model (a UNet with a layout adaptor); {args.ckpt} has none")
+        result["layout"] = evaluate_layout_mnist(module, args.n or 500, args.sampler, args.steps, args.guidance, args.data_root,
+                                                 args.seed, batch_size=min(args.batch_size, 100))
     sys.stdout.write(json.dumps(result, indent=1) + "\n")
 
 
@@ -165,19 +173,23 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--ckpt", help="checkpoint (.ckpt) or weights export (.safetensors); default: the shipped Layout-MNIST model")
     s.add_argument("--layout", help='layout JSON file: [{"label": "7", "box": [x, y, w, h]}, ...] (normalised); omit for the empty layout')
     s.add_argument("--n", type=int, default=16)
-    s.add_argument("--sampler", help="ancestral | ddim | plms | dpm++")
+    s.add_argument("--sampler", help="ancestral | ddim | plms | dpm++ | dpm++sde")
     s.add_argument("--steps", type=int)
     s.add_argument("--guidance", type=float)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", default="samples.png", help="PNG grid, each sample with its layout drawn over it")
     s.set_defaults(func=cmd_sample)
-    e = sub.add_parser("evaluate", help="bits/dim on MNIST-test (--nll) and/or digit-FID of samples vs MNIST-test (--fid); prints JSON")
+    e = sub.add_parser("evaluate", help="bits/dim on MNIST-test (--nll), digit-FID of samples vs MNIST-test (--fid), "
+                       "Layout-MNIST layout accuracy / digit-FID / diversity (--layout); prints JSON")
     e.add_argument("--ckpt", required=True)
     e.add_argument("--nll", action="store_true", help="bits/dim (the variational bound) of the first --n MNIST-test images")
     e.add_argument("--fid", action="store_true", help="digit-FID of --n samples against all of MNIST-test")
-    e.add_argument("--n", type=int, help="images: default 256 for --nll, 1000 for --fid")
-    e.add_argument("--sampler", help="for --fid: ancestral | ddim | plms | dpm++ (default: the checkpoint's)")
-    e.add_argument("--steps", type=int, help="for --fid: sampling steps (default: the checkpoint's)")
+    e.add_argument("--layout", action="store_true", help="layout accuracy (box crops read by the crop judge), digit-FID vs real "
+                   "canvases and diversity of --n Layout-MNIST validation layouts (layout models)")
+    e.add_argument("--n", type=int, help="images: default 256 for --nll, 1000 for --fid, 500 layouts for --layout")
+    e.add_argument("--sampler", help="for --fid/--layout: ancestral | ddim | plms | dpm++ | dpm++sde (default: the checkpoint's)")
+    e.add_argument("--steps", type=int, help="for --fid/--layout: sampling steps (default: the checkpoint's)")
+    e.add_argument("--guidance", type=float, help="for --layout: classifier-free guidance scale (default: the checkpoint's)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--batch-size", type=int, default=250)
     e.add_argument("--data-root", help="data root holding MNIST/raw (default: $LAYOUTDIFFUSE_DATA, else ~/data)")

@@ -79,3 +79,21 @@ def test_bad_sampler_is_a_user_error(improved_ckpt, mnist_root, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown sampler 'euler'" in err[0]
+
+
+SHIPPED = os.path.join(REPO, "layoutdiffuse", "weights", "layout_mnist.safetensors")
+
+
+def test_layout_scores_of_the_shipped_model(mnist_root, capsys):
+    argv = ["evaluate", "--ckpt", SHIPPED, "--layout", "--n", "4", "--steps", "3", "--guidance", "1.5", "--data-root", str(mnist_root)]
+    out = run_json(capsys, argv)["layout"]
+    assert (out["n"], out["steps"], out["guidance"], out["sampler"]) == (4, 3, 1.5, "dpm++")
+    assert out["boxes"] >= 4 and 0 <= out["layout_accuracy"] <= 1 and len(out["per_class_accuracy"]) == 10
+    assert out["layout_accuracy_real_canvases"] >= 0.75  # the crop judge reads real canvases
+    assert out["digit_fid"] > out["digit_fid_real_vs_real"] >= 0 and out["diversity_lpips"] > 0
+
+
+def test_layout_scores_need_a_layout_model(improved_ckpt, mnist_root, capsys):
+    assert main(["evaluate", "--ckpt", str(improved_ckpt), "--layout", "--n", "2", "--data-root", str(mnist_root)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "needs a layout model" in err[0]

@@ -105,25 +105,30 @@ CASES = [
     ("dpm++", {}, "linear", 25, 3.0 / 25**2),
     ("dpm++", {}, "cosine", 20, 3.0 / 20**2),
     ("dpm++", {"spacing": "time"}, "cosine", 25, 0.3 / 25),
+    ("dpm++sde", {}, "linear", 20, 6.0 / 20**2),
+    ("dpm++sde", {}, "linear", 50, 6.0 / 50**2),
+    ("dpm++sde", {}, "cosine", 25, 6.0 / 25**2),
 ]
+STOCHASTIC = ("ancestral", "dpm++sde")  # measured exactly by linearized_output
 
 
 @pytest.mark.parametrize("name,options,schedule,steps,tol", CASES, ids=[f"{c[0]}{c[1]}-{c[2]}-{c[3]}" for c in CASES])
 def test_sampler_reproduces_gaussian_data(name, options, schedule, steps, tol):
     d = GaussianDiffusion(schedule, 1000)
     sampler = make_sampler(name, d, steps=steps, **options)
-    measure = linearized_output if name == "ancestral" else affine_output
+    measure = linearized_output if name in STOCHASTIC else affine_output
     mean, std = measure(sampler, gaussian_eps(d))
     # x_T ~ N(0, 1) rather than q(x_T) leaves a floor of ~1e-3 on the mean (linear schedule)
     assert abs(mean - MU) < max(tol, 2e-3), f"mean {mean:.5f} vs {MU}"
     assert abs(std - S) < tol, f"std {std:.5f} vs {S}"
 
 
-@pytest.mark.parametrize("name,steps", [("ancestral", (10, 50, 200)), ("ddim", (10, 50, 200)), ("plms", (10, 15, 20)), ("dpm++", (15, 30, 50))])
+@pytest.mark.parametrize("name,steps", [("ancestral", (10, 50, 200)), ("ddim", (10, 50, 200)), ("plms", (10, 15, 20)), ("dpm++", (15, 30, 50)),
+                                        ("dpm++sde", (25, 50, 100))])
 def test_error_shrinks_with_steps(name, steps):
     """(Above these step counts plms and dpm++ reach the float32 floor, ~2e-4.)"""
     d = GaussianDiffusion("linear", 1000)
-    measure = linearized_output if name == "ancestral" else affine_output
+    measure = linearized_output if name in STOCHASTIC else affine_output
     errors = [abs(measure(make_sampler(name, d, steps=n), gaussian_eps(d))[1] - S) for n in steps]
     assert errors[0] > errors[1] > errors[2], errors
 
@@ -237,3 +242,16 @@ def test_samplers_use_prediction_targets():
 
             out = make_sampler(name, d, steps=10).sample(fn, x_T.shape, x_T=x_T)
             torch.testing.assert_close(out, ref, rtol=1e-3, atol=1e-3)
+
+
+def test_dpm_sde_at_eta_0_is_the_ode_solver_and_draws_noise_from_the_generator():
+    d = GaussianDiffusion("linear", 1000)
+    fn = gaussian_eps(d)
+    x_T = torch.randn(64, 1, 1, 1, generator=torch.Generator().manual_seed(0))
+    ode = make_sampler("dpm++", d, steps=12).sample(fn, x_T.shape, x_T=x_T)
+    assert torch.equal(make_sampler("dpm++sde", d, steps=12, eta=0.0).sample(fn, x_T.shape, x_T=x_T), ode)
+    sde = make_sampler("dpm++sde", d, steps=12)
+    a, b, c = (sde.sample(fn, x_T.shape, x_T=x_T, generator=torch.Generator().manual_seed(k)) for k in (1, 1, 2))
+    assert torch.equal(a, b) and not torch.equal(a, c) and not torch.equal(a, ode)
+    with pytest.raises(ValueError, match="eta must be >= 0"):
+        make_sampler("dpm++sde", d, eta=-0.5)

@@ -5,6 +5,9 @@ interface and registered in ``SAMPLERS``:
   on the predicted noise, plugged into the DDIM transfer; 20 steps is the reference setting.
 * ``dpm++`` -- DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2): second-order multistep in the
   data (x0) prediction, exact in the linear part, on ``lambda = log(alpha / sigma)``.
+* ``dpm++sde`` -- the same multistep solver for the reverse SDE (SDE-DPM-Solver++(2M), ``eta = 1``):
+  fresh noise at every step, like ancestral sampling, which corrects part of an imperfect
+  model's error where the deterministic samplers integrate it.
 
 Both make ``steps`` model evaluations on increasing timesteps from ``T - 1`` down to 0 (``plms``:
 the evenly spaced grid of the base class; ``dpm++``: even in lambda by default, see
@@ -128,15 +131,23 @@ class DPMSolverPlusPlusSampler(MultistepSampler):
     ``spacing``: ``logsnr`` (even in lambda, see :func:`logsnr_timesteps`; the default, much more
     accurate in few steps on pixel schedules) or ``time`` (the evenly spaced timesteps of the
     other samplers).
+
+    ``eta > 0`` solves the reverse SDE instead (``eta = 1``: the SDE of the forward process; the
+    ``dpm++sde`` sampler): with ``g = eta * h``::
+
+        x_t = (sigma_t / sigma_s) e^{-g} x_s - alpha_t (e^{-h-g} - 1) D + sigma_t sqrt(1 - e^{-2g}) z
     """
 
     SPACINGS = ("logsnr", "time")
     keep = 1
 
-    def __init__(self, diffusion: GaussianDiffusion, steps: int | None = 20, clip: bool = False, spacing: str = "logsnr", lower_order_final: bool = True):
+    def __init__(self, diffusion: GaussianDiffusion, steps: int | None = 20, clip: bool = False, spacing: str = "logsnr",
+                 lower_order_final: bool = True, eta: float = 0.0):
         if spacing not in self.SPACINGS:
             raise ValueError(f"unknown spacing '{spacing}'; choose one of: {', '.join(self.SPACINGS)}")
-        self.spacing = spacing
+        if eta < 0:
+            raise ValueError(f"eta must be >= 0 (0 = the ODE, 1 = the reverse SDE), got {eta}")
+        self.spacing, self.eta = spacing, float(eta)
         self.lower_order_final = lower_order_final
         super().__init__(diffusion, steps, clip)
         self.lam = [math.log(a / s) for a, s in zip(self.alpha, self.sigma)]
@@ -159,4 +170,17 @@ class DPMSolverPlusPlusSampler(MultistepSampler):
         else:
             d = x0
         self.remember(i, x0)
-        return (self.sigma[i - 1] / self.sigma[i]) * x - self.alpha[i - 1] * math.expm1(-h) * d
+        g = self.eta * h
+        x = (self.sigma[i - 1] / self.sigma[i] * math.exp(-g)) * x - self.alpha[i - 1] * math.expm1(-h - g) * d
+        if g > 0:
+            x = x + self.sigma[i - 1] * math.sqrt(-math.expm1(-2 * g)) * self.noise_like(x, generator)
+        return x
+
+
+@SAMPLERS.register("dpm++sde")
+class DPMSolverPlusPlusSDESampler(DPMSolverPlusPlusSampler):
+    """SDE-DPM-Solver++(2M): :class:`DPMSolverPlusPlusSampler` with ``eta = 1`` by default (stochastic)."""
+
+    def __init__(self, diffusion: GaussianDiffusion, steps: int | None = 20, clip: bool = False, spacing: str = "logsnr",
+                 lower_order_final: bool = True, eta: float = 1.0):
+        super().__init__(diffusion, steps, clip, spacing, lower_order_final, eta)
