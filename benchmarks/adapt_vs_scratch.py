@@ -75,11 +75,12 @@ def plot(result: dict, runs: dict[str, Path], path: str) -> None:
         axes[1].axhline(100 * ceiling[0], ls="--", color="gray", label="real canvases")
         axes[2].axhline(floor[0], ls="--", color="gray", label="real vs real")
     for ax, title in zip(axes, ["training loss (running mean, 100 steps)", "layout accuracy (%)", "digit-FID (lower is better)"]):
-        ax.set_xlabel("training steps (after the foundation)" if ax is axes[1] else "training steps")
+        ax.set_xlabel("training steps (adapted runs: after the foundation)")
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
     axes[0].set_yscale("log")
+    axes[2].set_yscale("log")
     fig.suptitle(f"Layout-MNIST: LayoutDiffuse adaptation vs scratch ({result['n']} validation layouts, "
                  f"guidance {result['guidance']})", fontsize=11)
     fig.tight_layout()

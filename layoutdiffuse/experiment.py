@@ -6,6 +6,7 @@ file (``torch.load(weights_only=True)``).
 """
 from __future__ import annotations
 
+import csv
 import json
 import logging
 from pathlib import Path
@@ -125,6 +126,25 @@ def build_trainer(config: dict[str, Any], class_names: list[str] | None = None, 
     return pl.Trainer(default_root_dir=str(out), callbacks=callbacks, **args)
 
 
+def keep_csv_history(trainer: pl.Trainer, before_step: int) -> None:
+    """Carry the rows of ``metrics.csv`` logged before ``before_step`` into a resumed run.
+
+    Lightning's CSV writer deletes an existing ``metrics.csv`` when it starts; a resumed run would
+    otherwise lose the loss history of everything before the checkpoint. Rows from ``before_step``
+    on are dropped because the resumed run logs those steps again.
+    """
+    for logger in trainer.loggers:
+        if not isinstance(logger, pl.loggers.CSVLogger):
+            continue
+        path = Path(logger.log_dir) / "metrics.csv"
+        if not path.is_file():
+            continue
+        with open(path, newline="") as f:
+            rows = [{k: int(v) if v.lstrip("-").isdigit() else float(v) for k, v in row.items() if v} for row in csv.DictReader(f)]
+        rows = [row for row in rows if row.get("step", before_step) < before_step]
+        logger.experiment.metrics[:0] = rows  # the writer (created here) has just removed the old file
+
+
 def train(config: dict[str, Any], resume: str | Path | None = None, **trainer_overrides: Any) -> pl.LightningModule:
     """Train the experiment of ``config``; ``resume`` is a checkpoint path or ``"last"``."""
     validate(config)
@@ -143,7 +163,8 @@ def train(config: dict[str, Any], resume: str | Path | None = None, **trainer_ov
         ckpt_path = experiment_dir(config) / "checkpoints" / "last.ckpt" if str(resume) == "last" else Path(resume)
         if not ckpt_path.exists():
             raise FileNotFoundError(f"cannot resume: {ckpt_path} does not exist")
-        read_checkpoint(ckpt_path)  # a clear error for a foreign or corrupted file
+        start_step = read_checkpoint(ckpt_path)["global_step"]  # a clear error for a foreign or corrupted file
+        keep_csv_history(trainer, start_step)
     trainer.fit(module, loaders["train"], loaders["val"] if trainer.limit_val_batches else None, ckpt_path=ckpt_path, weights_only=True if ckpt_path else None)
     module.trainer_ref = trainer
     return module

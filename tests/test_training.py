@@ -1,4 +1,5 @@
 """Training: a tiny model overfits, and resume is exact."""
+import csv
 import json
 
 import pytest
@@ -76,3 +77,20 @@ def test_checkpoint_errors(tmp_path):
     torch.save({"state_dict": {}}, foreign)
     with pytest.raises(ValueError, match="not a layoutdiffuse checkpoint"):
         read_checkpoint(foreign)
+
+
+@pytest.mark.slow
+def test_resume_keeps_the_logged_history(tmp_path, mnist_root):
+    """Lightning's CSV writer starts a fresh metrics.csv; a resumed run still holds every step once."""
+    def config(max_steps):
+        c = tiny_config(tmp_path, mnist_root, "logged", max_steps)
+        c["trainer_args"].pop("logger")
+        c["trainer_args"]["log_every_n_steps"] = 1
+        return c
+
+    train(config(4))
+    train(config(6), resume=tmp_path / "logged" / "checkpoints" / "step_000004.ckpt")
+    train(config(8), resume="last")  # from step 6: the rows of steps 4-5 logged before stay, none twice
+    with open(tmp_path / "logged" / "logs" / "metrics.csv", newline="") as f:
+        steps = [int(row["step"]) for row in csv.DictReader(f) if row["train/loss"]]
+    assert steps == list(range(8))
