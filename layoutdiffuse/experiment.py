@@ -133,6 +133,8 @@ def keep_csv_history(trainer: pl.Trainer, before_step: int) -> None:
     otherwise lose the loss history of everything before the checkpoint. Rows from ``before_step``
     on are dropped because the resumed run logs those steps again.
     """
+    if trainer.global_rank != 0:  # only rank 0 writes the CSV
+        return
     for logger in trainer.loggers:
         if not isinstance(logger, pl.loggers.CSVLogger):
             continue
