@@ -13,6 +13,9 @@ ratio naive / vectorised, the largest output and gradient differences, and peak 
   and the restricted global branch only, not a different attention kernel.
 * ``vectorised_one_bucket``: the same block with every region padded to the largest region of the
   batch (one attention call for all objects), to show what the size buckets buy.
+* ``empty_layout``: the same block given no objects, i.e. one plain global attention over all
+  cells plus the GroupNorm and projections every variant pays; timed only, as the cost of an
+  ordinary self-attention block of this width (``vectorised_over_empty_layout``).
 * Boxes: sizes uniform in [0.05, 0.6] of the image side, positions uniform inside the image,
   classes uniform in [0, 180) (COCO-stuff-like counts and sizes).
 * Times: runs interleaved (so load from other processes hits all alike); ``*_s`` is the minimum
@@ -40,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
-from layoutdiffuse.data.layout import pad_layouts  # noqa: E402
+from layoutdiffuse.data.layout import empty_layout, pad_layouts  # noqa: E402
 from layoutdiffuse.nn import adaptor  # noqa: E402
 from layoutdiffuse.nn.adaptor import LayoutAttention, rasterize_boxes  # noqa: E402
 from test_layout_attention import naive_layout_attention  # noqa: E402
@@ -78,6 +81,8 @@ def step(kind: str, block, table, layout, x):
             y = block(xg, {"layout": layout, "prompt_table": table})
         finally:
             adaptor.BUCKET_OVERHEAD.update(saved)
+    elif kind == "empty_layout":  # the same block with no object: plain global attention over all cells
+        y = block(xg, {"layout": empty_layout(x.shape[0], x.device), "prompt_table": table})
     elif kind == "naive_sdpa":
         y = naive_layout_attention(block, xg, table, layout=layout, attend=sdpa_2d)
     else:
@@ -140,21 +145,23 @@ def bench(size: int, device: str, repeats: int, threads: int) -> dict:
         diffs[k] = {"max_abs_output_diff": (y1 - y2).abs().max().item(),
                     "max_rel_grad_diff": max(((a - b).abs().max() / b.abs().max().clamp(min=1e-12)).item()
                                              for a, b in zip(g1, g2))}
-    wall: dict[str, list[float]] = {k: [] for k in kinds}
-    cpu: dict[str, list[float]] = {k: [] for k in kinds}
+    timed_kinds = kinds + ("empty_layout",)
+    wall: dict[str, list[float]] = {k: [] for k in timed_kinds}
+    cpu: dict[str, list[float]] = {k: [] for k in timed_kinds}
     for _ in range(repeats):
-        for k in kinds:
+        for k in timed_kinds:
             w, c = timed(k, args, device)
             wall[k].append(w)
             cpu[k].append(c)
     cover = rasterize_boxes(args[2].cpu(), size, size).flatten(2).any(1)
     res = {"size": f"{size}x{size}", "covered_fraction": round(cover.float().mean().item(), 3)}
-    for k in kinds:
+    for k in timed_kinds:
         res[f"{k}_s"] = round(min(wall[k]), 4)
         res[f"{k}_cpu_s"] = round(min(cpu[k]), 4)
     for k in kinds[1:]:
         res[f"speedup_vs_{k}"] = round(min(wall[k]) / min(wall["vectorised"]), 2)
         res[f"speedup_vs_{k}_cpu"] = round(min(cpu[k]) / min(cpu["vectorised"]), 2)
+    res["vectorised_over_empty_layout"] = round(min(wall["vectorised"]) / min(wall["empty_layout"]), 2)
     res["equal_output_1e-5"] = all(d["max_abs_output_diff"] < 1e-5 for d in diffs.values())
     res["diffs"] = diffs
     res["peak_memory_bytes"] = {k: memory_in_subprocess(k, size, device, threads) for k in kinds[:3]}
