@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 from .config import ConfigError, validate
 from .data.loader import ResumableDataLoader
 from .data.registry import DATASETS
+from .files import save_safetensors
 from .nn import UNet
 from .sd.spec import is_foundation_config
 from .training.callbacks import ImageLogger
@@ -174,15 +175,8 @@ def train(config: dict[str, Any], resume: str | Path | None = None, **trainer_ov
 
 def export_weights(module: pl.LightningModule, path: str | Path, half: bool = True) -> Path:
     """Write the sampling weights (EMA when kept) and the metadata as one small ``.safetensors`` file."""
-    from safetensors.torch import save_file
-
     state = {k: (v.half() if half and v.is_floating_point() else v).contiguous() for k, v in module.sampling_model.state_dict().items() if not k.startswith("n_averaged")}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file(state, str(tmp), metadata={CKPT_KEY: json.dumps(checkpoint_meta(module))})
-    tmp.replace(path)
-    return path
+    return save_safetensors(state, path, metadata={CKPT_KEY: json.dumps(checkpoint_meta(module))})
 
 
 def read_weights(path: Path, map_location: str | torch.device) -> dict[str, Any]:

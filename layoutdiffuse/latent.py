@@ -22,6 +22,8 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from .files import save_safetensors
+
 log = logging.getLogger(__name__)
 
 
@@ -187,7 +189,7 @@ class LatentCache:
 
     def moments(self, images: torch.Tensor, encoder: Autoencoder) -> torch.Tensor:
         """Moments of ``images: (B, C, H, W)``: cached ones read, the others encoded (in one batch) and stored."""
-        from safetensors.torch import load_file, save_file
+        from safetensors.torch import load_file
 
         keys = [self.key(img) for img in images]
         found: dict[int, torch.Tensor] = {}
@@ -205,9 +207,5 @@ class LatentCache:
             fresh = encoder.moments(images[missing])
             for i, m in zip(missing, fresh):
                 found[i] = m
-                p = self.path(keys[i])
-                p.parent.mkdir(parents=True, exist_ok=True)
-                tmp = p.with_suffix(f".{os.getpid()}.tmp")
-                save_file({"moments": m.detach().cpu().contiguous()}, str(tmp))
-                os.replace(tmp, p)
+                save_safetensors({"moments": m.detach().cpu().contiguous()}, self.path(keys[i]))
         return torch.stack([found[i] for i in range(len(keys))]).to(images.device)

@@ -39,6 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..files import save_safetensors
+
 log = logging.getLogger(__name__)
 
 WEIGHTS = Path(__file__).with_name("weights") / "digit_classifier.safetensors"
@@ -103,14 +105,10 @@ class DigitClassifier(nn.Module):
 
 def save_digit_classifier(model: DigitClassifier, path: str | os.PathLike, info: dict[str, Any] | None = None) -> None:
     """Write ``model`` as fp16 safetensors; ``info`` (JSON-able) goes into the metadata and a ``.json`` beside it."""
-    from safetensors.torch import save_file
-
     info = dict(info or {})
     info["widths"] = list(model.widths)
     state = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(path), metadata={"info": json.dumps(info)})
+    path = save_safetensors(state, path, metadata={"info": json.dumps(info)})
     path.with_suffix(".json").write_text(json.dumps(info, indent=2) + "\n")
 
 
