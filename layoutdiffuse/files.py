@@ -7,12 +7,6 @@ from pathlib import Path
 import torch
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
     """Write ``tensors`` to ``path`` as safetensors, atomically.
 
@@ -27,8 +21,10 @@ def save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
+        os.close(os.open(tmp, os.O_CREAT | os.O_WRONLY, 0o666))  # the mode a new file gets here
+        mode = tmp.stat().st_mode & 0o777
         save_file(tensors, str(tmp), metadata=metadata)
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
