@@ -206,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parser().parse_args(argv)
     try:
+        from .malloc import retain_freed_memory
+
+        retain_freed_memory()  # CPU steps reuse freed memory instead of faulting in fresh pages
         args.func(args)
     except USER_ERRORS as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err

@@ -36,11 +36,13 @@ import torch
 from layoutdiffuse.data.registry import DATASETS
 from layoutdiffuse.diffusion import GaussianDiffusion
 from layoutdiffuse.experiment import build_loaders, build_trainer, experiment_dir
+from layoutdiffuse.malloc import retain_freed_memory
 from layoutdiffuse.nn import UNet
 from layoutdiffuse.training import DDPMTraining
 from layoutdiffuse.visualize import grid
 
 QUICK = os.environ.get("LAYOUTDIFFUSE_QUICK") == "1"
+retain_freed_memory()  # CPU steps reuse freed memory, as `python -m layoutdiffuse` does (layoutdiffuse/malloc.py)
 torch.manual_seed(0)
 config = json.load(open("../configs/mnist.json" if os.path.exists("../configs/mnist.json") else "configs/mnist.json"))
 config["expt_name"] = "mnist_notebook"

@@ -36,9 +36,11 @@ import matplotlib.pyplot as plt
 import torch
 
 from layoutdiffuse.experiment import build_model, experiment_dir, load_checkpoint, train
+from layoutdiffuse.malloc import retain_freed_memory
 from layoutdiffuse.visualize import grid
 
 QUICK = os.environ.get("LAYOUTDIFFUSE_QUICK") == "1"
+retain_freed_memory()  # CPU steps reuse freed memory, as `python -m layoutdiffuse` does (layoutdiffuse/malloc.py)
 CONFIGS = Path("../configs" if Path("../configs").exists() else "configs")
 if QUICK:
     torch.set_num_threads(1)
