@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from layoutdiffuse.data.layout import validity  # noqa: E402
+from layoutdiffuse.layout import validity  # noqa: E402
 from layoutdiffuse.evaluation import crop_boxes, frechet_distance  # noqa: E402
 
 

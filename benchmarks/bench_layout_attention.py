@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
-from layoutdiffuse.data.layout import empty_layout, pad_layouts  # noqa: E402
+from layoutdiffuse.layout import empty_layout, pad_layouts  # noqa: E402
 from layoutdiffuse.malloc import retain_freed_memory  # noqa: E402
 from layoutdiffuse.nn import adaptor  # noqa: E402
 from layoutdiffuse.nn.adaptor import LayoutAttention, rasterize_boxes  # noqa: E402

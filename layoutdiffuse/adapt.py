@@ -16,6 +16,7 @@ from torch import nn
 
 from .nn.adaptor import is_adaptor_name
 from .nn.unet import UNet
+from .errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ def adapt(foundation: UNet, layout: dict[str, Any]) -> UNet:
     foundation's function (zero-initialised adaptor outputs).
     """
     if foundation.adaptor is not None:
-        raise ValueError("the foundation already has a layout adaptor; adapt the plain foundation model")
+        raise UserError("the foundation already has a layout adaptor; adapt the plain foundation model")
     config = dict(foundation.config, layout=dict(layout))
     model = UNet(**config)
     param = next(foundation.parameters())
@@ -80,12 +81,12 @@ def param_groups(model: nn.Module, mode: str = "all", lr: float = 3e-5, adaptor_
     Each group carries a ``"name"`` (``"backbone"`` / ``"adaptor"``) for LR logging.
     """
     if mode not in MODES:
-        raise ValueError(f"unknown param_groups mode '{mode}'; choose one of: {', '.join(MODES)}")
+        raise UserError(f"unknown param_groups mode '{mode}'; choose one of: {', '.join(MODES)}")
     adaptor, backbone = [], []
     for name, p in model.named_parameters():
         (adaptor if is_adaptor_name(name) else backbone).append(p)
     if not adaptor and mode != "all":
-        raise ValueError(f"mode '{mode}' needs an adapted model, but it has no adaptor parameters")
+        raise UserError(f"mode '{mode}' needs an adapted model, but it has no adaptor parameters")
     if mode == "all":
         for p in backbone + adaptor:
             p.requires_grad_(True)
@@ -97,7 +98,7 @@ def param_groups(model: nn.Module, mode: str = "all", lr: float = 3e-5, adaptor_
             p.requires_grad_(True)
         return [{"params": adaptor, "lr": lr if adaptor_lr is None else adaptor_lr, "name": "adaptor"}]
     if adaptor_lr is None:
-        raise ValueError("mode 'separate' needs adaptor_lr (the backbone uses lr)")
+        raise UserError("mode 'separate' needs adaptor_lr (the backbone uses lr)")
     for p in backbone + adaptor:
         p.requires_grad_(True)
     return [{"params": backbone, "lr": lr, "name": "backbone"}, {"params": adaptor, "lr": adaptor_lr, "name": "adaptor"}]

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from .errors import UserError
 
 log = logging.getLogger("layoutdiffuse")
 
@@ -55,7 +56,7 @@ def mnist_test_images(image_size: int = 32, n: int | None = None, root: str | No
     ds = mnist(train=False, root=root, download=False, image_size=image_size)
     stop = len(ds) if n is None else start + n
     if not 0 <= start < stop <= len(ds):
-        raise ValueError(f"MNIST-test has {len(ds)} images; asked for images {start}..{stop}")
+        raise UserError(f"MNIST-test has {len(ds)} images; asked for images {start}..{stop}")
     # the dataset's own transform, on the whole uint8 stack at once (same values as item by item)
     return ds.transform(ds.data[start:stop, None]).as_subclass(torch.Tensor)
 
@@ -124,12 +125,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from .experiment import load_checkpoint
 
     if not (args.nll or args.fid or args.layout):
-        raise ValueError("nothing to evaluate: pass --nll (bits/dim on MNIST-test), --fid (digit-FID of samples vs MNIST-test) "
+        raise UserError("nothing to evaluate: pass --nll (bits/dim on MNIST-test), --fid (digit-FID of samples vs MNIST-test) "
                          "and/or --layout (layout accuracy, digit-FID and diversity of a Layout-MNIST layout model)")
     if args.n is not None and args.n < (2 if args.fid or args.layout else 1):
-        raise ValueError(f"--n must be >= {2 if args.fid or args.layout else 1} (images), got {args.n}")
+        raise UserError(f"--n must be >= {2 if args.fid or args.layout else 1} (images), got {args.n}")
     if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     module = load_checkpoint(args.ckpt, map_location=device).to(device)
     size = module.image_shape[-1]
@@ -155,7 +156,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         from .evaluation.layout_mnist import evaluate_layout_mnist
 
         if getattr(module.model, "adaptor", None) is None:
-            raise ValueError(f"--layout needs a layout model (a UNet with a layout adaptor); {args.ckpt} has none")
+            raise UserError(f"--layout needs a layout model (a UNet with a layout adaptor); {args.ckpt} has none")
         result["layout"] = evaluate_layout_mnist(module, args.n or 500, args.sampler, args.steps, args.guidance, args.data_root,
                                                  args.seed, batch_size=min(args.batch_size, 100))
     sys.stdout.write(json.dumps(result, indent=1) + "\n")
@@ -199,9 +200,6 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-USER_ERRORS = (FileNotFoundError, ValueError, KeyError, TypeError)
-
-
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parser().parse_args(argv)
@@ -210,8 +208,7 @@ def main(argv: list[str] | None = None) -> int:
 
         retain_freed_memory()  # CPU steps reuse freed memory instead of faulting in fresh pages
         args.func(args)
-    except USER_ERRORS as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"error: {message}", file=sys.stderr)
+    except UserError as err:  # anything else is a bug and keeps its traceback
+        print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

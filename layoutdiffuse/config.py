@@ -22,12 +22,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .registry import Registry
+from .errors import UserError
 
 SECTIONS = ("expt_name", "expt_dir", "seed", "denoising_model", "diffusion", "data", "trainer_args", "callbacks", "adapt", "description")
 REQUIRED = ("expt_name", "diffusion", "data")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A config that cannot be built; the message names the key path."""
 
 

@@ -24,6 +24,7 @@ from .nn import UNet
 from .sd.spec import is_foundation_config
 from .training.callbacks import ImageLogger
 from .training.registry import TRAININGS
+from .errors import UserError, MissingFileError
 
 log = logging.getLogger(__name__)
 CKPT_KEY = "layoutdiffuse"
@@ -37,13 +38,13 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     """Load a checkpoint dict safely (tensors and plain data only) with a clear error."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+        raise MissingFileError(f"checkpoint {path} does not exist")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
-        raise ValueError(f"{path} is not a readable checkpoint (corrupted, or not a torch checkpoint): {err}") from err
+        raise UserError(f"{path} is not a readable checkpoint (corrupted, or not a torch checkpoint): {err}") from err
     if not isinstance(ckpt, dict) or CKPT_KEY not in ckpt or "state_dict" not in ckpt:
-        raise ValueError(f"{path} is not a layoutdiffuse checkpoint (no '{CKPT_KEY}' entry); train one with `python -m layoutdiffuse train -c CONFIG`")
+        raise UserError(f"{path} is not a layoutdiffuse checkpoint (no '{CKPT_KEY}' entry); train one with `python -m layoutdiffuse train -c CONFIG`")
     return ckpt
 
 
@@ -165,7 +166,7 @@ def train(config: dict[str, Any], resume: str | Path | None = None, **trainer_ov
     if resume:
         ckpt_path = experiment_dir(config) / "checkpoints" / "last.ckpt" if str(resume) == "last" else Path(resume)
         if not ckpt_path.exists():
-            raise FileNotFoundError(f"cannot resume: {ckpt_path} does not exist")
+            raise MissingFileError(f"cannot resume: {ckpt_path} does not exist")
         start_step = read_checkpoint(ckpt_path)["global_step"]  # a clear error for a foreign or corrupted file
         keep_csv_history(trainer, start_step)
     trainer.fit(module, loaders["train"], loaders["val"] if trainer.limit_val_batches else None, ckpt_path=ckpt_path, weights_only=True if ckpt_path else None)
@@ -188,9 +189,9 @@ def read_weights(path: Path, map_location: str | torch.device) -> dict[str, Any]
             meta = (f.metadata() or {}).get(CKPT_KEY)
             state = {f"ema.module.{k}": f.get_tensor(k).float() for k in f.keys()}
     except Exception as err:
-        raise ValueError(f"{path} is not a readable safetensors file: {err}") from err
+        raise UserError(f"{path} is not a readable safetensors file: {err}") from err
     if meta is None:
-        raise ValueError(f"{path} is not a layoutdiffuse export (no '{CKPT_KEY}' metadata)")
+        raise UserError(f"{path} is not a layoutdiffuse export (no '{CKPT_KEY}' metadata)")
     return {CKPT_KEY: json.loads(meta), "state_dict": state}
 
 
@@ -200,7 +201,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if path.suffix == ".safetensors":
         if not path.exists():
-            raise FileNotFoundError(f"weights file {path} does not exist")
+            raise MissingFileError(f"weights file {path} does not exist")
         ckpt = read_weights(path, map_location)
     else:
         ckpt = read_checkpoint(path, map_location)
@@ -223,6 +224,6 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             state["ema.n_averaged"] = torch.tensor(1)
     missing, unexpected = module.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise ValueError(f"checkpoint {path} does not match its architecture: missing keys {missing[:10]}, unexpected keys {unexpected[:10]}")
+        raise UserError(f"checkpoint {path} does not match its architecture: missing keys {missing[:10]}, unexpected keys {unexpected[:10]}")
     module.on_load_checkpoint(ckpt)
     return module.eval()

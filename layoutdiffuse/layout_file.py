@@ -13,7 +13,8 @@ from typing import Any, Sequence
 
 import torch
 
-from .data.layout import LayoutError, validate_layout
+from .layout import LayoutError, validate_layout
+from .errors import MissingFileError
 
 
 def parse_layout(objects: Any, class_names: Sequence[str]) -> torch.Tensor:
@@ -43,7 +44,7 @@ def load_layout(path: str | Path, class_names: Sequence[str]) -> torch.Tensor:
     """Read and validate a layout file -> ``(N, 5)``."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"layout file {path} does not exist")
+        raise MissingFileError(f"layout file {path} does not exist")
     try:
         objects = json.loads(path.read_text())
     except json.JSONDecodeError as err:

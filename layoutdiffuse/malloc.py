@@ -18,6 +18,7 @@ import ctypes.util
 import logging
 import os
 import platform
+from .errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -38,17 +39,17 @@ def retain_freed_memory(mmap_threshold: int = 32 << 20, trim_threshold: int = 1 
     """
     choice = os.environ.get(ENV, "retain")
     if choice not in ("retain", "system"):
-        raise ValueError(f"{ENV}={choice!r}: allowed values are 'retain' (the default) and 'system' (glibc defaults)")
+        raise UserError(f"{ENV}={choice!r}: allowed values are 'retain' (the default) and 'system' (glibc defaults)")
     if choice == "system" or platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     settings = (("mmap_threshold", M_MMAP_THRESHOLD, mmap_threshold), ("trim_threshold", M_TRIM_THRESHOLD, trim_threshold))
     for name, _, value in settings:  # check both before changing either
         if not 0 <= value < 2**31:
-            raise ValueError(f"{name}={value} bytes: allowed is 0 <= {name} < 2**31")
+            raise UserError(f"{name}={value} bytes: allowed is 0 <= {name} < 2**31")
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     for name, param, value in settings:
         if not libc.mallopt(param, ctypes.c_int(value)):
-            raise ValueError(f"glibc refused {name}={value} (mallopt returned 0; mmap_threshold must be "
+            raise UserError(f"glibc refused {name}={value} (mallopt returned 0; mmap_threshold must be "
                              f"at most 32 MiB on 64-bit systems)")
     log.debug("malloc: mmap_threshold=%d, trim_threshold=%d", mmap_threshold, trim_threshold)
     return True

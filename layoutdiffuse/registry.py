@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from typing import Callable, Generic, TypeVar
+from .errors import UnknownNameError
 
 T = TypeVar("T")
 
@@ -31,7 +32,7 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         if name not in self._items:
-            raise KeyError(f"unknown {self.kind} '{name}'; choose one of: {', '.join(self.names())}")
+            raise UnknownNameError(f"unknown {self.kind} '{name}'; choose one of: {', '.join(self.names())}")
         return self._items[name]
 
     def names(self) -> list[str]:

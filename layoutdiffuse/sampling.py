@@ -14,8 +14,9 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from .data.layout import validate_layout
+from .layout import validate_layout
 from .layout_file import load_layout, parse_layout
+from .errors import UserError, MissingFileError
 
 SHIPPED_MODEL = Path(__file__).parent / "weights" / "layout_mnist.safetensors"
 
@@ -32,7 +33,7 @@ def load_model(ckpt: str | Path | None = None) -> pl.LightningModule:
     path = Path(ckpt) if ckpt is not None else SHIPPED_MODEL
     if not path.exists():
         hint = " (the shipped model is missing from this install)" if ckpt is None else ""
-        raise FileNotFoundError(f"checkpoint {path} does not exist{hint}")
+        raise MissingFileError(f"checkpoint {path} does not exist{hint}")
     return _load(str(path.resolve()))
 
 
@@ -67,13 +68,13 @@ def sample(
     ``{"label", "box"}`` objects, or a tensor ``(N, 5)``. Unset sampler options use the model's defaults.
     """
     if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
+        raise UserError(f"n must be >= 1, got {n}")
     module = ckpt if isinstance(ckpt, pl.LightningModule) else load_model(ckpt)
     opts = {k: v for k, v in dict(sampler=sampler, steps=steps, guidance=guidance).items() if v is not None}
     g = torch.Generator(device=module.device).manual_seed(seed)
     if not is_layout_model(module):
         if layout:
-            raise ValueError("this checkpoint is not a layout model; sample it without a layout")
+            raise UserError("this checkpoint is not a layout model; sample it without a layout")
         return module.sample(n, generator=g, progress=progress, **{k: v for k, v in opts.items() if k != "guidance"}), None
     rows = as_layout(layout, module.class_names or [str(i) for i in range(module.model.adaptor.num_classes)])
     layouts = rows[None].expand(n, -1, -1).to(module.device)

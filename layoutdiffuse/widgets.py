@@ -34,12 +34,13 @@ import pytorch_lightning as pl
 import torch
 from torchvision.io import encode_png
 
-from .data.layout import LayoutError
+from .layout import LayoutError
 from .diffusion import SAMPLERS
 from .layout_file import layout_to_json, parse_layout, save_layout
 from .sampling import is_layout_model
 from .sampling import sample as sample_images
 from .visualize import draw_layouts, grid, save_grid
+from .errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -240,7 +241,7 @@ class LayoutSampler:
     def _folder(self, folder: str | Path | None) -> Path:
         name = str(folder if folder is not None else self.folder.value).strip()
         if not name:
-            raise ValueError("the folder is empty: type a folder to save into, e.g. outputs")
+            raise UserError("the folder is empty: type a folder to save into, e.g. outputs")
         path = Path(name).expanduser()
         if path.exists() and not path.is_dir():
             raise NotADirectoryError(f"cannot save into {path}: it is a file, not a folder")
@@ -258,7 +259,7 @@ class LayoutSampler:
 
     def _write_grid(self, folder: Path, i: int) -> Path:
         if self.images is None:
-            raise ValueError("nothing sampled yet: press Sample first")
+            raise UserError("nothing sampled yet: press Sample first")
         return save_grid(self.images, folder / f"grid_{i:03d}.png", layouts=self.layouts, class_names=self.class_names or None)
 
     def _save(self, folder: str | Path | None) -> list[Path]:

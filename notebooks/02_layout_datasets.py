@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from matplotlib.patches import Patch
 
-from layoutdiffuse.data.layout import IGNORE
+from layoutdiffuse.layout import IGNORE
 from layoutdiffuse.data.paths import data_root
 from layoutdiffuse.data.registry import DATASETS
 from layoutdiffuse.data.transforms import clipped_area_fraction

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from layoutdiffuse.adapt import adapt, adaptor_parameter_names, load_foundation_state, param_groups
-from layoutdiffuse.data.layout import LayoutError, cat_layouts, pad_layouts
+from layoutdiffuse.layout import LayoutError, cat_layouts, pad_layouts
 from layoutdiffuse.nn import adaptor as adaptor_module
 from layoutdiffuse.nn.adaptor import LayoutAdaptor, LayoutAttention, TaskPromptAttention, is_adaptor_name
 from layoutdiffuse.nn.blocks import AttentionBlock

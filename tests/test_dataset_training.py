@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from fixtures_layout_data import VG_PARAMS, write_celebamask, write_coco, write_visual_genome
 from layoutdiffuse.config import validate
 from layoutdiffuse.data.celebmask import merge_celebamask
-from layoutdiffuse.data.layout import IGNORE, validate_layout
+from layoutdiffuse.layout import IGNORE, validate_layout
 from layoutdiffuse.data.registry import DATASETS
 from layoutdiffuse.data.visual_genome import preprocess_visual_genome
 from layoutdiffuse.experiment import build_datasets, build_loaders, build_module

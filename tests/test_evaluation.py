@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from layoutdiffuse.data.layout import LayoutError, pad_layouts
+from layoutdiffuse.layout import LayoutError, pad_layouts
 from layoutdiffuse.evaluation import (
     DigitClassifier, FeatureFID, FeatureStatistics, LayoutAccuracy, confusion_matrix, crop_boxes, digit_fid, diversity,
     feature_statistics, frechet_distance, inception_fid, layout_accuracy, load_digit_classifier, pairwise_lpips,

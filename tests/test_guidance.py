@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from layoutdiffuse.data.layout import IGNORE, PAD
+from layoutdiffuse.layout import IGNORE, PAD
 from layoutdiffuse.diffusion import GaussianDiffusion, classifier_free_guidance, conditioned, make_sampler
 from layoutdiffuse.diffusion.guidance import drop_condition, null_condition
 

@@ -17,10 +17,10 @@ from tiny_sd import (LDM_VQ, SD_SCHEDULER, box_layouts, masks, one_thread, rando
                      tiny_sd)
 
 from layoutdiffuse.config import ConfigError, validate
-from layoutdiffuse.data.layout import collate
+from layoutdiffuse.layout import collate
 from layoutdiffuse.data.registry import DATASETS
 from layoutdiffuse.experiment import load_checkpoint, read_checkpoint, train
-from layoutdiffuse.latent import Autoencoder, LatentCache
+from layoutdiffuse.autoencoder import Autoencoder, LatentCache
 from layoutdiffuse.sd.foundation import (build_foundation_module, check_foundation_files, diffusion_from_scheduler,
                                          merge_diffusion, resolve_path)
 from layoutdiffuse.sd.ldm import (LDM_CELEBAHQ_256, convert_ldm_unet, convert_ldm_vq, diffusion_from_ldm, load_ldm,

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from layoutdiffuse.data.layout import LayoutError, pad_layouts
+from layoutdiffuse.layout import LayoutError, pad_layouts
 from layoutdiffuse.nn import adaptor as adaptor_mod
 from layoutdiffuse.nn.adaptor import (LayoutAttention, box_prompt_map, mask_prompt_map, rasterize_boxes,
                                       subsample_mask)

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from layoutdiffuse.data.layout import IGNORE, PAD, validate_layout
+from layoutdiffuse.layout import IGNORE, PAD, validate_layout
 from layoutdiffuse.data.layout_mnist import DEFAULT_LENGTH, LayoutMNIST, exact_fraction
 from layoutdiffuse.data.registry import DATASETS
 from layoutdiffuse.nn.adaptor import rasterize_boxes

@@ -13,7 +13,7 @@ from tiny_sd import CONTEXT_DIM, MAX_LEN, SD_ARCHITECTURES, box_layouts, masks, 
 
 from layoutdiffuse.adapt import param_groups
 from layoutdiffuse.nn.adaptor import is_adaptor_name
-from layoutdiffuse.sd.adaptor import LayoutDiffusersUNet, layout_sites, state_dict_mismatch
+from layoutdiffuse.sd.layout_unet import LayoutDiffusersUNet, layout_sites, state_dict_mismatch
 
 NUM_CLASSES = 5
 SD_LAYOUT = {"num_classes": NUM_CLASSES, "levels": [0, 1], "embed_dim": 8, "num_task_prompts": 4, "num_heads": 2}

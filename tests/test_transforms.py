@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from layoutdiffuse.data.layout import collate
+from layoutdiffuse.layout import collate
 from layoutdiffuse.data.transforms import (BadImageError, LayoutTransform, SkipBadImages, clipped_area_fraction,
                                            read_image, select_objects)
 
@@ -19,7 +19,7 @@ LABELS = torch.tensor([3, 7, 1])
 
 def validate_layout(layout, num_classes):
     """The format of layout.py, row by row (its validate_layout mis-broadcasts its masks when N is not 1 or 5)."""
-    from layoutdiffuse.data.layout import validate_layout as check
+    from layoutdiffuse.layout import validate_layout as check
     for row in layout:
         check(row[None], num_classes)
 

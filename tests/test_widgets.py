@@ -10,7 +10,7 @@ import torch
 pytest.importorskip("ipywidgets")
 
 from layoutdiffuse.adapt import adapt  # noqa: E402
-from layoutdiffuse.data.layout import LayoutError  # noqa: E402
+from layoutdiffuse.layout import LayoutError  # noqa: E402
 from layoutdiffuse.experiment import build_module  # noqa: E402
 from layoutdiffuse.layout_file import load_layout  # noqa: E402
 from layoutdiffuse.nn import UNet  # noqa: E402

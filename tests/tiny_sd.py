@@ -34,7 +34,7 @@ def save_sd_folder(root: Path, seed: int = 0, scheduler: dict[str, Any] | None =
 
 def box_layouts(b: int, num_classes: int, seed: int = 1) -> torch.Tensor:
     """Padded box layouts, item i with i % 4 objects (item 0 is the empty layout)."""
-    from layoutdiffuse.data.layout import pad_layouts
+    from layoutdiffuse.layout import pad_layouts
 
     g = torch.Generator().manual_seed(seed)
     layouts = []

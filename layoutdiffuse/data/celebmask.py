@@ -33,9 +33,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .layout import collate
+from ..layout import collate
 from .paths import data_root
 from .transforms import BadImageError, LayoutTransform, SkipBadImages, read_image, require_file
+from ..errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -158,9 +159,9 @@ def read_mapping(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
             try:
                 rows.append((int(fields[0]), int(fields[1])))
             except (ValueError, IndexError):
-                raise ValueError(f"{path}, line {n}: expected 'idx orig_idx orig_file', got {line.strip()!r}") from None
+                raise UserError(f"{path}, line {n}: expected 'idx orig_idx orig_file', got {line.strip()!r}") from None
     if not rows:
-        raise ValueError(f"{path} has no rows; expected 'idx orig_idx orig_file' lines")
+        raise UserError(f"{path} has no rows; expected 'idx orig_idx orig_file' lines")
     a = np.asarray(rows, dtype=np.int64)
     return a[:, 0], a[:, 1]
 
@@ -168,7 +169,7 @@ def read_mapping(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
 def split_indices(idx: np.ndarray, orig_idx: np.ndarray, split: str) -> np.ndarray:
     """CelebA-HQ indices of ``split`` (official CelebA partition of each image's source)."""
     if split not in SPLITS:
-        raise ValueError(f"unknown CelebAMask-HQ split {split!r}; choose one of: {', '.join(SPLITS)}")
+        raise UserError(f"unknown CelebAMask-HQ split {split!r}; choose one of: {', '.join(SPLITS)}")
     if split == "all":
         return idx
     part = np.where(orig_idx >= CELEBA_TEST_START, 2, np.where(orig_idx >= CELEBA_VAL_START, 1, 0))
@@ -225,7 +226,7 @@ class CelebAMaskHQ(SkipBadImages):
         idx, orig = read_mapping(base / "CelebA-HQ-to-CelebA-mapping.txt")
         self.indices = split_indices(idx, orig, split)
         if len(self.indices) == 0:
-            raise ValueError(f"CelebAMask-HQ split {split!r} is empty according to {base / 'CelebA-HQ-to-CelebA-mapping.txt'}")
+            raise UserError(f"CelebAMask-HQ split {split!r} is empty according to {base / 'CelebA-HQ-to-CelebA-mapping.txt'}")
         self.split, self.boxes = split, boxes
         self.transform = transform or LayoutTransform(image_size, flip=flip)
 

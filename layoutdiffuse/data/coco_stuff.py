@@ -36,6 +36,7 @@ import numpy as np
 
 from .paths import data_root
 from .transforms import BoxLayoutDataset, LayoutTransform, clipped_area_fraction, require_file, select_objects
+from ..errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ COCO_KEYS = ("images", "annotations", "categories")
 def coco_files(split: str = "val", root: str | os.PathLike | None = None) -> dict[str, Path]:
     """Where the loader looks: ``instances``, ``stuff``, ``captions`` JSON and the ``images`` folder."""
     if split not in SPLITS:
-        raise ValueError(f"unknown COCO split {split!r}; choose one of: {', '.join(SPLITS)}")
+        raise UserError(f"unknown COCO split {split!r}; choose one of: {', '.join(SPLITS)}")
     coco = data_root(root) / "coco"
     ann = coco / "annotations"
     return {"instances": ann / f"instances_{split}2017.json", "stuff": ann / f"stuff_{split}2017.json",
@@ -97,12 +98,12 @@ def load_coco_json(path: str | os.PathLike, keys: Sequence[str] = COCO_KEYS) -> 
         with open(path, "rb") as f:
             data = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); expected a COCO annotation file") from err
+        raise UserError(f"{path} is not valid JSON ({err}); expected a COCO annotation file") from err
     if not isinstance(data, dict):
-        raise ValueError(f"{path} is not a COCO annotation file: top level is a {type(data).__name__}, expected an object with keys {', '.join(keys)}")
+        raise UserError(f"{path} is not a COCO annotation file: top level is a {type(data).__name__}, expected an object with keys {', '.join(keys)}")
     missing = [k for k in keys if k not in data]
     if missing:
-        raise ValueError(f"{path} is not a COCO annotation file: missing key(s) {', '.join(missing)} (has: {', '.join(sorted(data)[:8])})")
+        raise UserError(f"{path} is not a COCO annotation file: missing key(s) {', '.join(missing)} (has: {', '.join(sorted(data)[:8])})")
     return data
 
 
@@ -115,17 +116,17 @@ def _annotation_arrays(data: dict[str, Any], path: Path, image_index: dict[int, 
         category = np.asarray([a["category_id"] for a in anns], dtype=np.int64)
         crowd = np.asarray([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool)
     except (KeyError, TypeError, ValueError) as err:
-        raise ValueError(f"{path}: malformed annotation ({type(err).__name__}: {err}); each needs image_id, bbox [x, y, w, h], category_id") from err
+        raise UserError(f"{path}: malformed annotation ({type(err).__name__}: {err}); each needs image_id, bbox [x, y, w, h], category_id") from err
     try:
         image = np.asarray([image_index[i] for i in image_ids], dtype=np.int64)
     except KeyError as err:
-        raise ValueError(f"{path}: annotation refers to image id {err.args[0]} that is not in the image table") from None
+        raise UserError(f"{path}: annotation refers to image id {err.args[0]} that is not in the image table") from None
     known = np.isin(category, np.asarray(CLASS_TO_COCO_ID + (OTHER_ID,)))
     if not known.all():
         bad = sorted(set(category[~known].tolist()))[:5]
-        raise ValueError(f"{path}: category id(s) {bad} are not COCO-stuff 2017 categories (things 1-90, stuff 92-182, other 183)")
+        raise UserError(f"{path}: category id(s) {bad} are not COCO-stuff 2017 categories (things 1-90, stuff 92-182, other 183)")
     if len(bbox) and ((bbox[:, 2:] < 0).any() or not np.isfinite(bbox).all()):
-        raise ValueError(f"{path}: some bbox has a negative or non-finite size")
+        raise UserError(f"{path}: some bbox has a negative or non-finite size")
     return image, bbox, category, crowd
 
 
@@ -169,9 +170,9 @@ class CocoStuff(BoxLayoutDataset):
                  on_bad_image: str = "skip", files: dict[str, str | os.PathLike] | None = None):
         super().__init__(on_bad_image)
         if crowd not in CROWD:
-            raise ValueError(f"unknown crowd {crowd!r}; choose one of: {', '.join(CROWD)}")
+            raise UserError(f"unknown crowd {crowd!r}; choose one of: {', '.join(CROWD)}")
         if caption not in CAPTIONS:
-            raise ValueError(f"unknown caption {caption!r}; choose one of: None, 'first', 'random'")
+            raise UserError(f"unknown caption {caption!r}; choose one of: None, 'first', 'random'")
         paths = coco_files(split, root)
         paths.update({k: Path(v).expanduser() for k, v in (files or {}).items()})
         self.split, self.paths, self.caption_mode = split, paths, caption
@@ -184,14 +185,14 @@ class CocoStuff(BoxLayoutDataset):
         try:
             table = [(int(im["id"]), str(im["file_name"]), int(im["width"]), int(im["height"])) for im in instances["images"]]
         except (KeyError, TypeError, ValueError) as err:
-            raise ValueError(f"{paths['instances']}: malformed image entry ({type(err).__name__}: {err}); each needs id, file_name, width, height") from err
+            raise UserError(f"{paths['instances']}: malformed image entry ({type(err).__name__}: {err}); each needs id, file_name, width, height") from err
         if not table:
-            raise ValueError(f"{paths['instances']} lists no images")
+            raise UserError(f"{paths['instances']} lists no images")
         ids = np.asarray([t[0] for t in table], dtype=np.int64)
         files_ = np.asarray([t[1] for t in table])
         sizes = np.asarray([(t[2], t[3]) for t in table], dtype=np.int64)
         if (sizes <= 0).any():
-            raise ValueError(f"{paths['instances']}: image {int(ids[(sizes <= 0).any(1)][0])} has a non-positive width/height")
+            raise UserError(f"{paths['instances']}: image {int(ids[(sizes <= 0).any(1)][0])} has a non-positive width/height")
         image_index = {int(i): k for k, i in enumerate(ids)}
         _check_category_names(instances, paths["instances"])
         parts = [_annotation_arrays(instances, paths["instances"], image_index)]
@@ -212,7 +213,7 @@ class CocoStuff(BoxLayoutDataset):
             keep &= ~crowd_flag
         images, offsets, objects = select_objects(image, keep, len(ids), min_objects, max_objects, with_stuff)
         if len(images) == 0:
-            raise ValueError(f"COCO-stuff {split}: no image passes the filter (min_object_size={min_object_size}, "
+            raise UserError(f"COCO-stuff {split}: no image passes the filter (min_object_size={min_object_size}, "
                              f"{min_objects} <= objects <= {max_objects}, crowd={crowd!r}, stuff_only={stuff_only}) "
                              f"in {paths['instances']} + {paths['stuff']}")
         self.image_ids, self.files, self.sizes, self.offsets = ids[images], files_[images], sizes[images], offsets
@@ -233,7 +234,7 @@ class CocoStuff(BoxLayoutDataset):
                 if ann["image_id"] in by_image:
                     by_image[ann["image_id"]].append(str(ann["caption"]).strip())
         except (KeyError, TypeError) as err:
-            raise ValueError(f"{path}: malformed caption annotation ({type(err).__name__}: {err}); each needs image_id and caption") from err
+            raise UserError(f"{path}: malformed caption annotation ({type(err).__name__}: {err}); each needs image_id and caption") from err
         missing = [i for i, c in by_image.items() if not c]
         if missing:
             log.warning("%s: %d image(s) have no caption (e.g. id %d); they get the empty caption", path, len(missing), missing[0])

@@ -16,7 +16,7 @@ The toy layout-to-image task (boxes as in Multi-MNIST, Hinz et al., ICLR 2019). 
   (bilinear, antialiased) to ``(h, w)``, so the box is tight: ink touches all four box edges.
   Digits are composed by a pixel-wise max (bright ink on a dark background).
 
-Sample (see :mod:`layoutdiffuse.data.layout`)::
+Sample (see :mod:`layoutdiffuse.layout`)::
 
     image  (1, S, S) float in [-1, 1], background exactly -1
     layout (n, 5)    rows (x0/S, y0/S, w/S, h/S, digit class), in placement order
@@ -41,8 +41,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .layout import IGNORE, collate
+from ..layout import IGNORE, collate
 from .paths import data_root
+from ..errors import UserError
 
 SPLITS = ("train", "val")
 DEFAULT_LENGTH = {"train": 60000, "val": 10000}  # one canvas per source digit, on average
@@ -123,26 +124,26 @@ class LayoutMNIST(torch.utils.data.Dataset):
                  aspect_jitter: float = 0.2, max_overlap: float = 0.3, length: int | None = None, seed: int = 0,
                  mask_threshold: float = 0.5, tries: int = 32, restarts: int = 8, download: bool = False):
         if split not in SPLITS:
-            raise ValueError(f"unknown split '{split}'; choose one of: {', '.join(SPLITS)}")
+            raise UserError(f"unknown split '{split}'; choose one of: {', '.join(SPLITS)}")
         if not (0 <= min_digits <= max_digits and max_digits >= 1):
-            raise ValueError(f"need 0 <= min_digits <= max_digits and max_digits >= 1, got min_digits={min_digits}, max_digits={max_digits}")
+            raise UserError(f"need 0 <= min_digits <= max_digits and max_digits >= 1, got min_digits={min_digits}, max_digits={max_digits}")
         lo, hi = (float(s) for s in digit_scale)
         if not 0 < lo <= hi <= 1:
-            raise ValueError(f"digit_scale must be (lo, hi) with 0 < lo <= hi <= 1 (fractions of the canvas), got {tuple(digit_scale)}")
+            raise UserError(f"digit_scale must be (lo, hi) with 0 < lo <= hi <= 1 (fractions of the canvas), got {tuple(digit_scale)}")
         if round(lo * canvas_size) < MIN_DIGIT_PX:
-            raise ValueError(f"canvas_size {canvas_size} is too small for digit_scale {(lo, hi)}: the smallest box side would be "
+            raise UserError(f"canvas_size {canvas_size} is too small for digit_scale {(lo, hi)}: the smallest box side would be "
                              f"{lo * canvas_size:.1f} px (< {MIN_DIGIT_PX}); use canvas_size >= {math.ceil((MIN_DIGIT_PX - 0.5) / lo)} "
                              f"or a larger digit_scale[0]")
         if aspect_jitter < 0:
-            raise ValueError(f"aspect_jitter must be >= 0, got {aspect_jitter}")
+            raise UserError(f"aspect_jitter must be >= 0, got {aspect_jitter}")
         if not 0 <= max_overlap <= 1:
-            raise ValueError(f"max_overlap must be in [0, 1] (intersection over the smaller box), got {max_overlap}")
+            raise UserError(f"max_overlap must be in [0, 1] (intersection over the smaller box), got {max_overlap}")
         if not 0 <= mask_threshold < 1:
-            raise ValueError(f"mask_threshold must be in [0, 1), got {mask_threshold}")
+            raise UserError(f"mask_threshold must be in [0, 1), got {mask_threshold}")
         if tries < 1 or restarts < 1:
-            raise ValueError(f"tries and restarts must be >= 1, got tries={tries}, restarts={restarts}")
+            raise UserError(f"tries and restarts must be >= 1, got tries={tries}, restarts={restarts}")
         if length is not None and length < 0:
-            raise ValueError(f"length must be >= 0 or None (default {DEFAULT_LENGTH[split]}), got {length}")
+            raise UserError(f"length must be >= 0 or None (default {DEFAULT_LENGTH[split]}), got {length}")
         self.split, self.canvas_size, self.seed = split, int(canvas_size), int(seed)
         self.min_digits, self.max_digits = int(min_digits), int(max_digits)
         self.digit_scale, self.aspect_jitter, self.max_overlap = (lo, hi), float(aspect_jitter), float(max_overlap)

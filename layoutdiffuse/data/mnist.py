@@ -19,6 +19,7 @@ from torchvision import datasets
 from torchvision.transforms import v2
 
 from .paths import data_root
+from ..errors import UserError, MissingFileError
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +48,9 @@ def install_mnist_archives(source: str | os.PathLike, root: str | os.PathLike | 
             continue
         archive = source / f"{name}.gz"
         if not archive.exists():
-            raise FileNotFoundError(f"missing {archive}; expected the four MNIST .gz files: {', '.join(f + '.gz' for f in FILES)}")
+            raise MissingFileError(f"missing {archive}; expected the four MNIST .gz files: {', '.join(f + '.gz' for f in FILES)}")
         if archive.name in sums and hashlib.sha256(archive.read_bytes()).hexdigest() != sums[archive.name]:
-            raise ValueError(f"checksum mismatch for {archive} (SHA256SUMS in {source})")
+            raise UserError(f"checksum mismatch for {archive} (SHA256SUMS in {source})")
         tmp = target.with_suffix(".part")
         with gzip.open(archive, "rb") as src, open(tmp, "wb") as dst:
             shutil.copyfileobj(src, dst)
@@ -68,4 +69,4 @@ def mnist(train: bool = True, root: str | os.PathLike | None = None, download: b
     try:
         return datasets.MNIST(str(root), train=train, transform=transform, download=download)
     except Exception as err:  # no network, or download refused
-        raise FileNotFoundError(f"MNIST not found under {root / 'MNIST' / 'raw'} and could not be downloaded ({err}). Fetch it with: {FETCH_HINT}") from err
+        raise MissingFileError(f"MNIST not found under {root / 'MNIST' / 'raw'} and could not be downloaded ({err}). Fetch it with: {FETCH_HINT}") from err

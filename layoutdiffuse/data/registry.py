@@ -11,6 +11,7 @@ from __future__ import annotations
 from torch.utils.data import Dataset, Subset
 
 from ..registry import Registry
+from ..errors import UserError
 
 DATASETS: Registry = Registry("dataset")
 SPLITS = ("train", "val")
@@ -18,7 +19,7 @@ SPLITS = ("train", "val")
 
 def check_split(split: str) -> None:
     if split not in SPLITS:
-        raise ValueError(f"unknown split '{split}'; choose one of: {', '.join(SPLITS)}")
+        raise UserError(f"unknown split '{split}'; choose one of: {', '.join(SPLITS)}")
 
 
 @DATASETS.register("mnist")
@@ -67,7 +68,7 @@ def _limited(ds: Dataset, limit: int | None) -> Dataset:
     if limit is None:
         return ds
     if limit < 1:
-        raise ValueError(f"limit must be a positive number of samples (or null for all), got {limit}")
+        raise UserError(f"limit must be a positive number of samples (or null for all), got {limit}")
     return LayoutSubset(ds, range(min(limit, len(ds))))
 
 

@@ -1,7 +1,7 @@
 """Box-aware transforms, and the loading machinery shared by the real-image layout datasets.
 
 :class:`LayoutTransform` turns one decoded image, its pixel boxes and labels (and optionally a
-part mask) into the sample format of :mod:`layoutdiffuse.data.layout`: resize, centre or random
+part mask) into the sample format of :mod:`layoutdiffuse.layout`: resize, centre or random
 crop, horizontal flip, all through ``torchvision.transforms.v2`` functionals on
 ``tv_tensors.Image`` / ``BoundingBoxes`` / ``Mask``, so image, boxes and mask always move
 together. Boxes cut by a crop (or lying partly outside the image) are clipped to it; a cut box
@@ -34,7 +34,8 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 
-from .layout import collate
+from ..layout import collate
+from ..errors import UserError, MissingFileError
 
 log = logging.getLogger(__name__)
 
@@ -69,13 +70,13 @@ class LayoutTransform:
             size = (size, size)
         self.size = tuple(int(s) for s in size)
         if len(self.size) != 2 or min(self.size) < 1:
-            raise ValueError(f"size must be a positive int or (H, W), got {size!r}")
+            raise UserError(f"size must be a positive int or (H, W), got {size!r}")
         if crop not in CROPS:
-            raise ValueError(f"unknown crop {crop!r}; choose one of: None, 'center', 'random'")
+            raise UserError(f"unknown crop {crop!r}; choose one of: None, 'center', 'random'")
         if not 0.0 <= flip <= 1.0:
-            raise ValueError(f"flip is a probability in [0, 1], got {flip}")
+            raise UserError(f"flip is a probability in [0, 1], got {flip}")
         if not 0.0 <= min_object_size < 1.0:
-            raise ValueError(f"min_object_size is an area fraction in [0, 1), got {min_object_size}")
+            raise UserError(f"min_object_size is an area fraction in [0, 1), got {min_object_size}")
         self.crop, self.flip, self.min_object_size = crop, float(flip), float(min_object_size)
 
     def __repr__(self) -> str:
@@ -84,18 +85,18 @@ class LayoutTransform:
     def __call__(self, image: torch.Tensor, boxes: torch.Tensor | None = None, labels: torch.Tensor | None = None,
                  mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         if image.ndim != 3:
-            raise ValueError(f"image must be (C, H, W), got shape {tuple(image.shape)}")
+            raise UserError(f"image must be (C, H, W), got shape {tuple(image.shape)}")
         H, W = image.shape[-2:]
         boxes = torch.zeros(0, 4) if boxes is None else torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4)
         labels = torch.zeros(0, dtype=torch.long) if labels is None else torch.as_tensor(labels).reshape(-1)
         if len(labels) != len(boxes):
-            raise ValueError(f"got {len(boxes)} boxes but {len(labels)} labels")
+            raise UserError(f"got {len(boxes)} boxes but {len(labels)} labels")
         items: list[Any] = [tv_tensors.Image(image),
                             tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(H, W), clamping_mode=None)]
         if mask is not None:
             m = tv_tensors.Mask(torch.as_tensor(mask))
             if m.ndim != 2:
-                raise ValueError(f"mask must be (H, W), got shape {tuple(m.shape)}")
+                raise UserError(f"mask must be (H, W), got shape {tuple(m.shape)}")
             items.append(F.resize(m, [H, W]) if tuple(m.shape) != (H, W) else m)
 
         h, w = self.size
@@ -170,7 +171,7 @@ class SkipBadImages(Dataset):
 
     def __init__(self, on_bad_image: str = "skip"):
         if on_bad_image not in BAD_IMAGE_POLICIES:
-            raise ValueError(f"unknown on_bad_image {on_bad_image!r}; choose one of: {', '.join(BAD_IMAGE_POLICIES)}")
+            raise UserError(f"unknown on_bad_image {on_bad_image!r}; choose one of: {', '.join(BAD_IMAGE_POLICIES)}")
         self.on_bad_image = on_bad_image
         self.skipped: list[str] = []
         self._bad: set[int] = set()
@@ -305,5 +306,5 @@ class BoxLayoutDataset(SkipBadImages):
 def require_file(path: Path, hint: str) -> Path:
     """``path`` if it exists, else ``FileNotFoundError`` naming it and how to get it."""
     if not path.exists():
-        raise FileNotFoundError(f"missing {path}; {hint}")
+        raise MissingFileError(f"missing {path}; {hint}")
     return path

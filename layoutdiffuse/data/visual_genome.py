@@ -35,6 +35,7 @@ import numpy as np
 
 from .paths import data_root
 from .transforms import BoxLayoutDataset, LayoutTransform, clipped_area_fraction, require_file, select_objects
+from ..errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ def _load_json(path: Path, what: str) -> Any:
         with open(path, "rb") as f:
             return json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); expected {what}") from err
+        raise UserError(f"{path} is not valid JSON ({err}); expected {what}") from err
 
 
 def _image_id(entry: dict[str, Any], path: Path) -> int:
@@ -66,7 +67,7 @@ def _image_id(entry: dict[str, Any], path: Path) -> int:
         return int(entry["image_id"])
     if "id" in entry:
         return int(entry["id"])
-    raise ValueError(f"{path}: entry without image_id: {str(entry)[:120]}")
+    raise UserError(f"{path}: entry without image_id: {str(entry)[:120]}")
 
 
 def load_aliases(path: Path) -> dict[str, str]:
@@ -82,7 +83,7 @@ def load_aliases(path: Path) -> dict[str, str]:
 
 def _list_of_images(data: Any, path: Path, key: str) -> list[dict[str, Any]]:
     if not isinstance(data, list) or (data and not (isinstance(data[0], dict) and key in data[0])):
-        raise ValueError(f"{path} is not a Visual Genome {key} file: expected a list of {{'image_id', '{key}': [...]}}")
+        raise UserError(f"{path} is not a Visual Genome {key} file: expected a list of {{'image_id', '{key}': [...]}}")
     return data
 
 
@@ -113,18 +114,18 @@ def preprocess_visual_genome(vg: str | os.PathLike | None = None, out_dir: str |
 
     images = _load_json(vg / "image_data.json", "Visual Genome image_data.json")
     if not isinstance(images, list):
-        raise ValueError(f"{vg / 'image_data.json'} is not a Visual Genome image list")
+        raise UserError(f"{vg / 'image_data.json'} is not a Visual Genome image list")
     image_by_id = {_image_id(im, vg / "image_data.json"): im for im in images}
     splits = _load_json(splits_path, "sg2im vg_splits.json {train, val, test: [image ids]}")
     if not isinstance(splits, dict) or not all(s in splits for s in SPLITS):
-        raise ValueError(f"{splits_path} is not an sg2im split file: expected keys {', '.join(SPLITS)}")
+        raise UserError(f"{splits_path} is not an sg2im split file: expected keys {', '.join(SPLITS)}")
 
     # 1. images whose shorter side is < min_image_size are removed from every split
     stats: dict[str, Any] = {"removed_small_images": {}}
     for name in SPLITS:
         missing = [i for i in splits[name] if i not in image_by_id]
         if missing:
-            raise ValueError(f"{splits_path}: split {name!r} lists image id {missing[0]} absent from {vg / 'image_data.json'}")
+            raise UserError(f"{splits_path}: split {name!r} lists image id {missing[0]} absent from {vg / 'image_data.json'}")
         kept = [i for i in splits[name] if min(image_by_id[i]["width"], image_by_id[i]["height"]) >= p["min_image_size"]]
         stats["removed_small_images"][name] = len(splits[name]) - len(kept)
         splits[name] = kept
@@ -144,10 +145,10 @@ def preprocess_visual_genome(vg: str | os.PathLike | None = None, out_dir: str |
                 for obj in objs:
                     counter.update({obj_aliases.get(n, n) for n in obj["names"]})
     except (KeyError, TypeError) as err:
-        raise ValueError(f"{objects_path}: malformed object ({type(err).__name__}: {err}); each needs object_id, x, y, w, h, names") from err
+        raise UserError(f"{objects_path}: malformed object ({type(err).__name__}: {err}); each needs object_id, x, y, w, h, names") from err
     names = [n for n, c in counter.most_common() if c >= p["min_object_instances"]]
     if not names:
-        raise ValueError(f"no object name has >= {p['min_object_instances']} instances in the train split of {objects_path}")
+        raise UserError(f"no object name has >= {p['min_object_instances']} instances in the train split of {objects_path}")
     name_to_idx = {n: i for i, n in enumerate(names)}
 
     # 3. objects: first name in the vocabulary, box at least min_object_size px wide and high
@@ -165,7 +166,7 @@ def preprocess_visual_genome(vg: str | os.PathLike | None = None, out_dir: str |
                 if cls is not None and not small:
                     kept_objects[obj["object_id"]] = (cls, [obj["x"], obj["y"], obj["w"], obj["h"]])
     except (KeyError, TypeError) as err:
-        raise ValueError(f"{objects_path}: malformed object ({type(err).__name__}: {err}); each needs object_id, x, y, w, h, names") from err
+        raise UserError(f"{objects_path}: malformed object ({type(err).__name__}: {err}); each needs object_id, x, y, w, h, names") from err
     stats["objects_too_small"] = too_small
 
     # 4. relationships (sg2im quirk kept for identical splits: only train predicates are normalised)
@@ -258,7 +259,7 @@ def load_vocab(path: str | os.PathLike) -> list[str]:
     try:
         names = json.loads(path.read_text())["object_idx_to_name"]
     except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise ValueError(f"{path} is not a vocab written by preprocess_vg.py ({type(err).__name__}: {err})") from err
+        raise UserError(f"{path} is not a vocab written by preprocess_vg.py ({type(err).__name__}: {err})") from err
     return list(names)
 
 
@@ -283,7 +284,7 @@ class VisualGenome(BoxLayoutDataset):
                  processed_dir: str | os.PathLike | None = None, image_dir: str | os.PathLike | None = None):
         super().__init__(on_bad_image)
         if split not in SPLITS:
-            raise ValueError(f"unknown Visual Genome split {split!r}; choose one of: {', '.join(SPLITS)}")
+            raise UserError(f"unknown Visual Genome split {split!r}; choose one of: {', '.join(SPLITS)}")
         processed = Path(processed_dir).expanduser() if processed_dir is not None else vg_dir(root) / "processed"
         self.split = split
         self.classes = load_vocab(processed / "vocab.json")
@@ -294,20 +295,20 @@ class VisualGenome(BoxLayoutDataset):
             with np.load(path, allow_pickle=False) as f:
                 data = {k: f[k] for k in ARRAYS}
         except (KeyError, ValueError, OSError) as err:
-            raise ValueError(f"{path} is not a split file written by preprocess_vg.py ({err}); {PREPROCESS_HINT}") from err
+            raise UserError(f"{path} is not a split file written by preprocess_vg.py ({err}); {PREPROCESS_HINT}") from err
         M, T = len(data["image_ids"]), len(data["object_classes"])
         if M == 0:
-            raise ValueError(f"{path}: the {split} split is empty; {PREPROCESS_HINT} (check its thresholds)")
+            raise UserError(f"{path}: the {split} split is empty; {PREPROCESS_HINT} (check its thresholds)")
         if data["offsets"].shape != (M + 1,) or data["offsets"][-1] != T or data["object_boxes"].shape != (T, 4):
-            raise ValueError(f"{path}: inconsistent arrays (images {M}, offsets {data['offsets'].shape}, objects {T}, boxes {data['object_boxes'].shape})")
+            raise UserError(f"{path}: inconsistent arrays (images {M}, offsets {data['offsets'].shape}, objects {T}, boxes {data['object_boxes'].shape})")
         if T and (data["object_classes"].min() < 0 or data["object_classes"].max() >= len(self.classes)):
-            raise ValueError(f"{path}: class ids outside [0, {len(self.classes)}) of {processed / 'vocab.json'}")
+            raise UserError(f"{path}: class ids outside [0, {len(self.classes)}) of {processed / 'vocab.json'}")
 
         obj_image = np.repeat(np.arange(M), np.diff(data["offsets"]))
         keep = clipped_area_fraction(data["object_boxes"], data["image_sizes"][obj_image]) > min_object_size
         images, offsets, objects = select_objects(obj_image, keep, M, min_objects, max_objects)
         if len(images) == 0:
-            raise ValueError(f"Visual Genome {split}: no image of {path} passes min_object_size={min_object_size}, "
+            raise UserError(f"Visual Genome {split}: no image of {path} passes min_object_size={min_object_size}, "
                              f"{min_objects} <= objects <= {max_objects}")
         self.image_ids = data["image_ids"][images]
         self.files = data["image_paths"][images]

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .schedule import make_betas
+from ..errors import UserError
 
 PREDICTIONS = ("eps", "x0", "v")
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -49,13 +50,13 @@ class GaussianDiffusion(nn.Module):
     ):
         super().__init__()
         if prediction not in PREDICTIONS:
-            raise ValueError(f"unknown prediction '{prediction}'; choose one of: {', '.join(PREDICTIONS)}")
+            raise UserError(f"unknown prediction '{prediction}'; choose one of: {', '.join(PREDICTIONS)}")
         self.prediction = prediction
         self.learn_sigma = learn_sigma
         self.schedule = schedule
         betas = make_betas(schedule, num_timesteps, **schedule_kwargs) if betas is None else betas.to(torch.float64)
         if not ((betas > 0) & (betas < 1)).all():
-            raise ValueError("betas must lie in (0, 1)")
+            raise UserError("betas must lie in (0, 1)")
         self.num_timesteps = len(betas)
         alphas = 1 - betas
         abar = torch.cumprod(alphas, 0)

@@ -6,7 +6,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data.layout import cat_layouts
+from ..layout import cat_layouts
 from .gaussian import ModelFn
 
 
@@ -52,7 +52,7 @@ def classifier_free_guidance(model: nn.Module, cond: dict[str, Any], null_cond: 
 
 def null_condition(cond: dict[str, Any]) -> dict[str, Any]:
     """The unconditional version of ``cond``: empty layouts, all-ignore masks, empty captions."""
-    from ..data.layout import IGNORE
+    from ..layout import IGNORE
 
     out: dict[str, Any] = {}
     for key, value in cond.items():
@@ -74,7 +74,7 @@ def drop_condition(cond: dict[str, Any], p: float, generator: torch.Generator | 
 
     A dropped box layout keeps its shape with every row marked padding (class -1).
     """
-    from ..data.layout import IGNORE, PAD
+    from ..layout import IGNORE, PAD
 
     first = next(v for v in cond.values() if isinstance(v, (torch.Tensor, list)))
     batch = first.shape[0] if isinstance(first, torch.Tensor) else len(first)

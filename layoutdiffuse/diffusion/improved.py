@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .gaussian import GaussianDiffusion, ModelFn
+from ..errors import UserError
 
 LOG2 = math.log(2.0)
 
@@ -55,7 +56,7 @@ def discretized_gaussian_log_likelihood(x: torch.Tensor, means: torch.Tensor, lo
     Returns elementwise log-probabilities in nats.
     """
     if x.shape != means.shape:
-        raise ValueError(f"x and means must have the same shape, got {tuple(x.shape)} and {tuple(means.shape)}")
+        raise UserError(f"x and means must have the same shape, got {tuple(x.shape)} and {tuple(means.shape)}")
     centered = x - means
     inv_stdv = torch.exp(-log_scales)
     cdf_plus = approx_standard_normal_cdf(inv_stdv * (centered + 1.0 / 255.0))
@@ -73,10 +74,10 @@ def p_mean_log_variance(diffusion: GaussianDiffusion, model_out: torch.Tensor, x
     ``v`` channels (improved DDPM eq. 15). Needs ``diffusion.learn_sigma``.
     """
     if not diffusion.learn_sigma:
-        raise ValueError("the variational bound needs a learned variance: build GaussianDiffusion(learn_sigma=True) "
+        raise UserError("the variational bound needs a learned variance: build GaussianDiffusion(learn_sigma=True) "
                          "and a model with out_channel = 2 * in_channel")
     if model_out.shape[1] != 2 * xt.shape[1]:
-        raise ValueError(f"a learned-variance model must output 2 * {xt.shape[1]} channels, got {model_out.shape[1]}")
+        raise UserError(f"a learned-variance model must output 2 * {xt.shape[1]} channels, got {model_out.shape[1]}")
     model_out, xt = model_out.float(), xt.float()  # the bound in float32, even under autocast
     x0_pred, _ = diffusion.predict(model_out, xt, t)
     mean, _, _ = diffusion.q_posterior(x0_pred, xt, t)
@@ -131,7 +132,7 @@ def hybrid_loss(
     out = model_fn(xt, t)
     pred, v = diffusion.split(out)
     if v is None:
-        raise ValueError("hybrid_loss needs a learned variance: GaussianDiffusion(learn_sigma=True) and a model "
+        raise UserError("hybrid_loss needs a learned variance: GaussianDiffusion(learn_sigma=True) and a model "
                          "with out_channel = 2 * in_channel")
     mse = mean_flat(F.mse_loss(pred.float(), diffusion.target(x0, noise, t).float(), reduction="none"))
     vb = vlb_terms(diffusion, torch.cat([pred.detach(), v], dim=1), x0, xt, t)

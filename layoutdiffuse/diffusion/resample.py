@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 
 from ..registry import Registry
+from ..errors import UserError
 
 TIMESTEP_SAMPLERS: Registry[type] = Registry("timestep sampler")
 
@@ -27,7 +28,7 @@ class TimestepSampler:
 
     def __init__(self, num_timesteps: int):
         if num_timesteps < 1:
-            raise ValueError(f"num_timesteps must be >= 1, got {num_timesteps}")
+            raise UserError(f"num_timesteps must be >= 1, got {num_timesteps}")
         self.num_timesteps = num_timesteps
 
     def weights(self) -> torch.Tensor:
@@ -83,9 +84,9 @@ class LossSecondMomentResampler(TimestepSampler):
     def __init__(self, num_timesteps: int, history_per_term: int = 10, uniform_prob: float = 0.001):
         super().__init__(num_timesteps)
         if history_per_term < 1:
-            raise ValueError(f"history_per_term must be >= 1, got {history_per_term}")
+            raise UserError(f"history_per_term must be >= 1, got {history_per_term}")
         if not 0 <= uniform_prob <= 1:
-            raise ValueError(f"uniform_prob must be in [0, 1], got {uniform_prob}")
+            raise UserError(f"uniform_prob must be in [0, 1], got {uniform_prob}")
         self.history_per_term = history_per_term
         self.uniform_prob = uniform_prob
         self.loss_history = torch.zeros(num_timesteps, history_per_term, dtype=torch.float64)
@@ -105,7 +106,7 @@ class LossSecondMomentResampler(TimestepSampler):
         """Append ``losses (N,)`` to the histories of ``t (N,)`` in order, dropping the oldest when full."""
         t, losses = t.reshape(-1).tolist(), losses.detach().reshape(-1).double().cpu()
         if len(t) != len(losses):
-            raise ValueError(f"t and losses must have the same length, got {len(t)} and {len(losses)}")
+            raise UserError(f"t and losses must have the same length, got {len(t)} and {len(losses)}")
         for step, loss in zip(t, losses):
             if self.loss_counts[step] == self.history_per_term:
                 self.loss_history[step, :-1] = self.loss_history[step, 1:].clone()
@@ -123,7 +124,7 @@ class LossSecondMomentResampler(TimestepSampler):
             raise KeyError(f"{type(self).__name__} state needs keys {sorted(expected)}, got {sorted(state)}")
         for key, shape in expected.items():
             if tuple(state[key].shape) != shape:
-                raise ValueError(f"{key}: expected shape {shape} (num_timesteps, history_per_term), got {tuple(state[key].shape)}")
+                raise UserError(f"{key}: expected shape {shape} (num_timesteps, history_per_term), got {tuple(state[key].shape)}")
         self.loss_history = state["loss_history"].detach().to("cpu", torch.float64).clone()
         self.loss_counts = state["loss_counts"].detach().to("cpu", torch.long).clone()
 

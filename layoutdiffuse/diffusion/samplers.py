@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from ..registry import Registry
 from .gaussian import GaussianDiffusion, ModelFn, extract
+from ..errors import UserError
 
 SAMPLERS: Registry[type] = Registry("sampler")
 
@@ -24,7 +25,7 @@ SAMPLERS: Registry[type] = Registry("sampler")
 def spaced_timesteps(num_timesteps: int, steps: int) -> torch.Tensor:
     """``steps`` increasing integer timesteps evenly spread over ``[0, T)``, always including 0 and T-1."""
     if not 1 <= steps <= num_timesteps:
-        raise ValueError(f"steps must be in [1, {num_timesteps}], got {steps}")
+        raise UserError(f"steps must be in [1, {num_timesteps}], got {steps}")
     if steps == 1:
         return torch.tensor([num_timesteps - 1])
     return torch.linspace(0, num_timesteps - 1, steps, dtype=torch.float64).round().long().unique()
@@ -93,9 +94,9 @@ class AncestralSampler(Sampler):
         super().__init__(diffusion, steps, clip)
         variance = variance or ("learned" if diffusion.learn_sigma else "fixed_small")
         if variance not in self.VARIANCES:
-            raise ValueError(f"unknown variance '{variance}'; choose one of: {', '.join(self.VARIANCES)}")
+            raise UserError(f"unknown variance '{variance}'; choose one of: {', '.join(self.VARIANCES)}")
         if variance == "learned" and not diffusion.learn_sigma:
-            raise ValueError("variance 'learned' needs a model trained with learn_sigma=True")
+            raise UserError("variance 'learned' needs a model trained with learn_sigma=True")
         self.variance = variance
         self.chain = diffusion if self.steps == diffusion.num_timesteps else diffusion.respaced(self.timesteps)
 
@@ -123,7 +124,7 @@ class DDIMSampler(Sampler):
     def __init__(self, diffusion: GaussianDiffusion, steps: int | None = 50, clip: bool = False, eta: float = 0.0):
         super().__init__(diffusion, steps, clip)
         if eta < 0:
-            raise ValueError(f"eta must be >= 0, got {eta}")
+            raise UserError(f"eta must be >= 0, got {eta}")
         self.eta = eta
 
     def step(self, model_fn: ModelFn, x: torch.Tensor, i: int, generator: torch.Generator | None) -> torch.Tensor:

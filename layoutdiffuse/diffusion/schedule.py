@@ -6,6 +6,7 @@ import math
 import torch
 
 from ..registry import Registry
+from ..errors import UserError
 
 SCHEDULES: Registry = Registry("beta schedule")
 
@@ -40,5 +41,5 @@ def cosine_betas(num_timesteps: int, s: float = 0.008, max_beta: float = 0.999) 
 def make_betas(schedule: str, num_timesteps: int, **kwargs) -> torch.Tensor:
     """Betas of a registered schedule (``linear``, ``scaled_linear``, ``cosine``). float64 ``(T,)``."""
     if num_timesteps < 1:
-        raise ValueError(f"num_timesteps must be >= 1, got {num_timesteps}")
+        raise UserError(f"num_timesteps must be >= 1, got {num_timesteps}")
     return SCHEDULES.get(schedule)(num_timesteps, **kwargs)

@@ -25,6 +25,7 @@ import torch
 
 from .gaussian import GaussianDiffusion, ModelFn
 from .samplers import SAMPLERS, Sampler
+from ..errors import UserError
 
 
 def logsnr_timesteps(diffusion: GaussianDiffusion, steps: int) -> torch.Tensor:
@@ -36,7 +37,7 @@ def logsnr_timesteps(diffusion: GaussianDiffusion, steps: int) -> torch.Tensor:
     """
     num_t = diffusion.num_timesteps
     if not 2 <= steps <= num_t:
-        raise ValueError(f"steps must be in [2, {num_t}] for the logsnr spacing, got {steps}")
+        raise UserError(f"steps must be in [2, {num_t}] for the logsnr spacing, got {steps}")
     abar = torch.cumprod(1 - diffusion.betas64, 0)
     lam = 0.5 * torch.log(abar / (1 - abar))  # decreasing in t
     targets = torch.linspace(max(lam[-1].item(), -lam[0].item()), lam[0].item(), steps, dtype=torch.float64)
@@ -93,7 +94,7 @@ class PLMSSampler(MultistepSampler):
     def __init__(self, diffusion: GaussianDiffusion, steps: int | None = 20, clip: bool = False, order: int = 4):
         super().__init__(diffusion, steps, clip)
         if order not in ADAMS_BASHFORTH:
-            raise ValueError(f"order must be one of {sorted(ADAMS_BASHFORTH)}, got {order}")
+            raise UserError(f"order must be one of {sorted(ADAMS_BASHFORTH)}, got {order}")
         self.order = order
         self.keep = order - 1
 
@@ -144,9 +145,9 @@ class DPMSolverPlusPlusSampler(MultistepSampler):
     def __init__(self, diffusion: GaussianDiffusion, steps: int | None = 20, clip: bool = False, spacing: str = "logsnr",
                  lower_order_final: bool = True, eta: float = 0.0):
         if spacing not in self.SPACINGS:
-            raise ValueError(f"unknown spacing '{spacing}'; choose one of: {', '.join(self.SPACINGS)}")
+            raise UserError(f"unknown spacing '{spacing}'; choose one of: {', '.join(self.SPACINGS)}")
         if eta < 0:
-            raise ValueError(f"eta must be >= 0 (0 = the ODE, 1 = the reverse SDE), got {eta}")
+            raise UserError(f"eta must be >= 0 (0 = the ODE, 1 = the reverse SDE), got {eta}")
         self.spacing, self.eta = spacing, float(eta)
         self.lower_order_final = lower_order_final
         super().__init__(diffusion, steps, clip)

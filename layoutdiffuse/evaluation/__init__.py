@@ -1,6 +1,6 @@
 """Evaluation: digit-FID / Inception-FID, layout accuracy (box-crop classification), diversity.
 
-All metrics read images in [-1, 1] and box layouts ``(B, N, 5)`` (see :mod:`layoutdiffuse.data.layout`),
+All metrics read images in [-1, 1] and box layouts ``(B, N, 5)`` (see :mod:`layoutdiffuse.layout`),
 and use the small MNIST :class:`DigitClassifier` shipped in ``weights/``. Retrain it with
 ``python -m layoutdiffuse.evaluation.train_classifier --root DATA --out FILE.safetensors``.
 """

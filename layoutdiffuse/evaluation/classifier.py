@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..files import save_safetensors
+from ..errors import UserError, MissingFileError
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ DEFAULT_WIDTHS = (16, 32, 128)
 def to_gray(images: torch.Tensor) -> torch.Tensor:
     """``images: (B, 1|3, H, W)`` in [-1, 1] -> ``(B, 1, H, W)`` (RGB is averaged over channels)."""
     if images.ndim != 4 or images.shape[1] not in (1, 3):
-        raise ValueError(f"images must have shape (B, 1, H, W) or (B, 3, H, W) in [-1, 1], got {tuple(images.shape)}")
+        raise UserError(f"images must have shape (B, 1, H, W) or (B, 3, H, W) in [-1, 1], got {tuple(images.shape)}")
     return images if images.shape[1] == 1 else images.mean(dim=1, keepdim=True)
 
 
@@ -70,7 +71,7 @@ class DigitClassifier(nn.Module):
     def __init__(self, widths: tuple[int, int, int] = DEFAULT_WIDTHS, dropout: float = 0.2):
         super().__init__()
         if len(widths) != 3 or min(widths) < 1:
-            raise ValueError(f"widths must be 3 positive channel counts (stage 1, 2, 3), got {widths}")
+            raise UserError(f"widths must be 3 positive channel counts (stage 1, 2, 3), got {widths}")
         w1, w2, w3 = widths
         self.widths = tuple(int(w) for w in widths)
         self.stages = nn.ModuleList([
@@ -122,7 +123,7 @@ def load_digit_classifier(path: str | os.PathLike | None = None, device: torch.d
 
     path = Path(path) if path is not None else WEIGHTS
     if not path.exists():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"digit classifier weights not found at {path}; train them with: "
             f"python -m layoutdiffuse.evaluation.train_classifier --root $LAYOUTDIFFUSE_DATA --out {path}"
         )

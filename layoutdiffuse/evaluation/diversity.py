@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from ..errors import UserError
 
 EPS = 1e-10
 
@@ -22,7 +23,7 @@ EPS = 1e-10
 def pairwise_lpips(samples: torch.Tensor, classifier: nn.Module | None = None) -> torch.Tensor:
     """``samples: (K, 1|3, H, W)`` in [-1, 1] -> digit-LPIPS distances ``(K, K)`` (symmetric, zero diagonal)."""
     if samples.ndim != 4 or samples.shape[1] not in (1, 3):
-        raise ValueError(f"samples must have shape (K, 1, H, W) or (K, 3, H, W) in [-1, 1], got {tuple(samples.shape)}")
+        raise UserError(f"samples must have shape (K, 1, H, W) or (K, 3, H, W) in [-1, 1], got {tuple(samples.shape)}")
     if classifier is None:
         from .classifier import load_digit_classifier
 
@@ -52,7 +53,7 @@ def diversity(samples: torch.Tensor, classifier: nn.Module | None = None) -> flo
     if samples.ndim == 5:
         return sum(diversity(group, classifier) for group in samples) / len(samples) if len(samples) else float("nan")
     if samples.ndim != 4 or samples.shape[0] < 2:
-        raise ValueError(f"samples must have shape (K, C, H, W) with K >= 2 samples of one layout (or (L, K, C, H, W)), got {tuple(samples.shape)}")
+        raise UserError(f"samples must have shape (K, C, H, W) with K >= 2 samples of one layout (or (L, K, C, H, W)), got {tuple(samples.shape)}")
     d = pairwise_lpips(samples, classifier)
     i, j = torch.triu_indices(len(d), len(d), offset=1)
     return float(d[i, j].mean())

@@ -30,6 +30,7 @@ from typing import Callable, Iterable
 
 import torch
 from torch import nn
+from ..errors import UserError, MissingFileError
 
 log = logging.getLogger(__name__)
 
@@ -51,13 +52,13 @@ def frechet_distance(mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor,
     """
     mu1, mu2, sigma1, sigma2 = (torch.as_tensor(t).detach().to("cpu", torch.float64) for t in (mu1, mu2, sigma1, sigma2))
     if mu1.ndim != 1 or mu1.shape != mu2.shape:
-        raise ValueError(f"mu1 and mu2 must be vectors of the same length (D,), got {tuple(mu1.shape)} and {tuple(mu2.shape)}")
+        raise UserError(f"mu1 and mu2 must be vectors of the same length (D,), got {tuple(mu1.shape)} and {tuple(mu2.shape)}")
     d = mu1.shape[0]
     for name, s in (("sigma1", sigma1), ("sigma2", sigma2)):
         if s.shape != (d, d):
-            raise ValueError(f"{name} must be a (D, D) = ({d}, {d}) covariance matrix, got {tuple(s.shape)}")
+            raise UserError(f"{name} must be a (D, D) = ({d}, {d}) covariance matrix, got {tuple(s.shape)}")
         if not torch.isfinite(s).all():
-            raise ValueError(f"{name} has NaN or infinite entries")
+            raise UserError(f"{name} has NaN or infinite entries")
     root1 = _sqrt_psd(sigma1)
     inner = root1 @ sigma2 @ root1
     tr_covmean = torch.linalg.eigvalsh((inner + inner.T) / 2).clamp_min(0).sqrt().sum()
@@ -86,15 +87,15 @@ class FeatureStatistics:
     def update(self, features: torch.Tensor) -> None:
         """Add ``features: (n, D)``."""
         if features.ndim != 2:
-            raise ValueError(f"features must have shape (N, D), got {tuple(features.shape)}")
+            raise UserError(f"features must have shape (N, D), got {tuple(features.shape)}")
         f = features.detach().to("cpu", torch.float64)
         if not torch.isfinite(f).all():
-            raise ValueError("features contain NaN or infinite values")
+            raise UserError("features contain NaN or infinite values")
         if self.sum is None:
             self.sum = torch.zeros(f.shape[1], dtype=torch.float64)
             self.outer = torch.zeros(f.shape[1], f.shape[1], dtype=torch.float64)
         elif f.shape[1] != self.sum.shape[0]:
-            raise ValueError(f"features have dimension {f.shape[1]}, earlier batches had {self.sum.shape[0]}")
+            raise UserError(f"features have dimension {f.shape[1]}, earlier batches had {self.sum.shape[0]}")
         self.n += f.shape[0]
         self.sum += f.sum(0)
         self.outer += f.T @ f
@@ -102,7 +103,7 @@ class FeatureStatistics:
     def compute(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(mu (D,), sigma (D, D))``; needs at least 2 samples."""
         if self.n < 2:
-            raise ValueError(f"need at least 2 feature vectors for a covariance, got {self.n}")
+            raise UserError(f"need at least 2 feature vectors for a covariance, got {self.n}")
         mu = self.sum / self.n
         sigma = (self.outer - self.n * torch.outer(mu, mu)) / (self.n - 1)
         return mu, (sigma + sigma.T) / 2
@@ -119,7 +120,7 @@ class FeatureFID:
 
     def __init__(self, extractor: Extractor, batch_size: int = 256, device: torch.device | str | None = None):
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise UserError(f"batch_size must be >= 1, got {batch_size}")
         self.extractor = extractor
         self.batch_size = batch_size
         self.device = device
@@ -135,7 +136,7 @@ class FeatureFID:
             chunk = images[i : i + self.batch_size]
             f = self.extractor(chunk.to(self.device) if self.device is not None else chunk)
             if f.ndim != 2 or f.shape[0] != len(chunk):
-                raise ValueError(f"the feature extractor must return (batch, D) = ({len(chunk)}, D), got {tuple(f.shape)}")
+                raise UserError(f"the feature extractor must return (batch, D) = ({len(chunk)}, D), got {tuple(f.shape)}")
             out.append(f.to("cpu", torch.float64))
         return torch.cat(out)
 
@@ -179,7 +180,7 @@ def digit_fid(images_a: torch.Tensor, images_b: torch.Tensor, classifier: nn.Mod
         classifier = load_digit_classifier(device=device)
     for name, images in (("images_a", images_a), ("images_b", images_b)):
         if images.ndim != 4 or images.shape[1] not in (1, 3):
-            raise ValueError(f"{name} must have shape (N, 1, H, W) or (N, 3, H, W) in [-1, 1], got {tuple(images.shape)}")
+            raise UserError(f"{name} must have shape (N, 1, H, W) or (N, 3, H, W) in [-1, 1], got {tuple(images.shape)}")
     if device is None:
         device = next(classifier.parameters()).device
     metric = FeatureFID(classifier.features, batch_size=batch_size, device=device)
@@ -194,7 +195,7 @@ def _inception_weights(weights_path: str | os.PathLike | None) -> str:
     for c in candidates:
         if c.is_file():
             return str(c)
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"Inception-FID weights not found (looked at: {', '.join(map(str, candidates))}). This project never downloads "
         f"model weights: copy torch-fidelity's {INCEPTION_WEIGHTS_FILE} there (or pass weights_path=...), "
         f"or use digit_fid / inception_fid(feature_extractor=...) instead."
@@ -215,7 +216,7 @@ def inception_fid(images_a: torch.Tensor, images_b: torch.Tensor, feature: int =
 
     for name, images in (("images_a", images_a), ("images_b", images_b)):
         if images.ndim != 4 or images.shape[1] not in (1, 3):
-            raise ValueError(f"{name} must have shape (N, 1, H, W) or (N, 3, H, W) in [-1, 1], got {tuple(images.shape)}")
+            raise UserError(f"{name} must have shape (N, 1, H, W) or (N, 3, H, W) in [-1, 1], got {tuple(images.shape)}")
     if feature_extractor is not None:
         metric = FrechetInceptionDistance(feature=feature_extractor, normalize=True, input_img_size=(3, *images_a.shape[-2:]))
     else:

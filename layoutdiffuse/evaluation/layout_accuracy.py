@@ -31,8 +31,9 @@ import torch
 from torch import nn
 from torchvision.ops import roi_align
 
-from ..data.layout import LayoutError, validity
+from ..layout import LayoutError, validity
 from .classifier import NUM_CLASSES, to_gray
+from ..errors import UserError
 
 
 def crop_boxes(images: torch.Tensor, layout: torch.Tensor, size: int = 28, margin: float = 0.0,
@@ -44,11 +45,11 @@ def crop_boxes(images: torch.Tensor, layout: torch.Tensor, size: int = 28, margi
     resampling rule, ``margin`` and ``square``.
     """
     if images.ndim != 4:
-        raise ValueError(f"images must have shape (B, C, H, W), got {tuple(images.shape)}")
+        raise UserError(f"images must have shape (B, C, H, W), got {tuple(images.shape)}")
     if layout.ndim != 3 or layout.shape[-1] != 5 or layout.shape[0] != images.shape[0]:
-        raise ValueError(f"layout must have shape (B, N, 5) with B = {images.shape[0]} (the number of images), got {tuple(layout.shape)}")
+        raise UserError(f"layout must have shape (B, N, 5) with B = {images.shape[0]} (the number of images), got {tuple(layout.shape)}")
     if margin < 0:
-        raise ValueError(f"margin must be >= 0 (a fraction of the box size added on each side), got {margin}")
+        raise UserError(f"margin must be >= 0 (a fraction of the box size added on each side), got {margin}")
     b_idx, n_idx = validity(layout).nonzero(as_tuple=True)
     rows = layout[b_idx, n_idx].to(images.device, torch.float32)
     _check_rows(rows, b_idx, n_idx)

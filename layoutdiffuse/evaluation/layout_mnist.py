@@ -23,6 +23,7 @@ from .crop_classifier import CROP, load_crop_classifier
 from .diversity import diversity
 from .fid import digit_fid
 from .layout_accuracy import layout_accuracy
+from ..errors import UserError
 
 
 def generate(module: Any, layouts: torch.Tensor, seed: int = 0, batch_size: int = 100, **sampling: Any) -> torch.Tensor:
@@ -30,7 +31,7 @@ def generate(module: Any, layouts: torch.Tensor, seed: int = 0, batch_size: int 
     uses a generator seeded ``seed + i * batch_size`` (so results do not depend on what ran before).
     ``sampling``: ``sampler``, ``steps``, ``guidance`` (``None`` = the module's setting)."""
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise UserError(f"batch_size must be >= 1, got {batch_size}")
     opts = {k: v for k, v in sampling.items() if v is not None}
     out = []
     for i in range(0, len(layouts), batch_size):
@@ -51,9 +52,9 @@ def evaluate_layout_mnist(module: Any, n: int = 500, sampler: str | None = None,
     from ..data.registry import DATASETS
 
     if n < 2:
-        raise ValueError(f"n must be >= 2 layouts (FID needs two images per set), got {n}")
+        raise UserError(f"n must be >= 2 layouts (FID needs two images per set), got {n}")
     if diversity_layouts and diversity_samples < 2:
-        raise ValueError(f"diversity_samples must be >= 2, got {diversity_samples}")
+        raise UserError(f"diversity_samples must be >= 2, got {diversity_samples}")
     used = {**module.sampling_args, **{k: v for k, v in dict(sampler=sampler, steps=steps, guidance=guidance).items() if v is not None}}
     opts = {k: used.get(k) for k in ("sampler", "steps", "guidance")}
     size = module.image_shape[-1]

@@ -34,8 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.layout import IGNORE, LayoutError, empty_layout, validate_layout, validity
+from ..layout import IGNORE, LayoutError, empty_layout, validate_layout, validity
 from .blocks import AttentionBlock, Cond, ConditionBlock, EmbedBlock, group_norm, zero_module
+from ..errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -314,9 +315,9 @@ class LayoutAttention(ConditionBlock):
                  region_mask_attention: bool = False, num_classes: int | None = None):
         super().__init__()
         if channels % num_heads:
-            raise ValueError(f"layout attention channels {channels} not divisible by num_heads {num_heads}")
+            raise UserError(f"layout attention channels {channels} not divisible by num_heads {num_heads}")
         if region_mask_attention and not mask:
-            raise ValueError("region_mask_attention=True needs mask=True (it applies to mask layouts)")
+            raise UserError("region_mask_attention=True needs mask=True (it applies to mask layouts)")
         self.channels, self.num_heads, self.embed_dim = channels, num_heads, embed_dim
         self.mask, self.region_mask_attention = mask, region_mask_attention
         self.norm = group_norm(channels)
@@ -484,7 +485,7 @@ class LayoutAdaptor(nn.Module):
                  num_task_prompts: int = 64, mask: bool = False, region_mask_attention: bool = False):
         super().__init__()
         if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+            raise UserError(f"num_classes must be >= 1, got {num_classes}")
         self.num_classes, self.mask = num_classes, mask
         self.blocks = nn.ModuleDict({key: LayoutAttention(ch, embed_dim, num_heads, mask, region_mask_attention)
                                      for key, ch in block_channels.items()})
@@ -494,7 +495,7 @@ class LayoutAdaptor(nn.Module):
     def prepare(self, cond: Cond, batch_size: int) -> dict[str, Any]:
         """Copy of ``cond`` with the shared tensors added (prompt table, task prompts, a per-forward
         region cache); an absent layout becomes the empty layout ``(batch_size, 0, 5)``.
-        Box layouts are checked by :func:`~layoutdiffuse.data.layout.validate_layout` (shape, boxes,
+        Box layouts are checked by :func:`~layoutdiffuse.layout.validate_layout` (shape, boxes,
         class ids in ``[0, num_classes)``)."""
         cond = dict(cond) if cond else {}
         device = self.prompt_table.weight.device
@@ -524,19 +525,19 @@ class LayoutAdaptor(nn.Module):
         and downsample-only blocks get none. Returns the adaptor.
         """
         if num_classes is None:
-            raise ValueError("the layout adaptor needs num_classes (size of the instance prompt table, without the null row)")
+            raise UserError("the layout adaptor needs num_classes (size of the instance prompt table, without the null row)")
         n_levels = len(unet.config["channel_mult"])
         bad = [lvl for lvl in levels if not 0 <= lvl < n_levels]
         if bad:
-            raise ValueError(f"adaptor levels {bad} out of range; this UNet has levels 0..{n_levels - 1}")
+            raise UserError(f"adaptor levels {bad} out of range; this UNet has levels 0..{n_levels - 1}")
         if unet.adaptor is not None:
-            raise ValueError("this UNet already has a layout adaptor")
+            raise UserError("this UNet already has a layout adaptor")
         named = {f"input_{i}": blk for i, blk in enumerate(unet.input_blocks)} | {"middle": unet.middle_block}
         named |= {f"output_{i}": blk for i, blk in enumerate(unet.output_blocks)}
         chosen = {key: ch for key, (level, ch) in unet.block_info.items()
                   if level in levels and any(isinstance(m, EmbedBlock) for m in named[key])}  # has a ResBlock
         if not chosen:
-            raise ValueError(f"no UNet block at levels {list(levels)} to attach layout attention to")
+            raise UserError(f"no UNet block at levels {list(levels)} to attach layout attention to")
         param = next(unet.parameters())
         adaptor = cls(chosen, num_classes, embed_dim, num_heads, num_task_prompts, mask, region_mask_attention)
         unet.adaptor = adaptor.to(device=param.device, dtype=param.dtype)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..registry import Registry
+from ..errors import UserError
 
 RES_BLOCKS: Registry[type] = Registry("res_block_type")
 ATTN_BLOCKS: Registry[type] = Registry("attn_block_type")
@@ -143,7 +144,7 @@ class AttentionBlock(ConditionBlock):
     def __init__(self, channels: int, num_heads: int = 1):
         super().__init__()
         if channels % num_heads:
-            raise ValueError(f"attention channels {channels} not divisible by num_heads {num_heads}")
+            raise UserError(f"attention channels {channels} not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.norm = group_norm(channels)
         self.qkv = nn.Conv1d(channels, 3 * channels, 1)

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .blocks import ATTN_BLOCKS, RES_BLOCKS, BlockSequential, Cond, group_norm, timestep_embedding, zero_module
+from ..errors import UserError
 
 
 class Downsample(nn.Module):
@@ -81,7 +82,7 @@ class UNet(nn.Module):
         Attn = ATTN_BLOCKS.get(attn_block_type)
         bad_levels = [lvl for lvl in attn_levels if not 0 <= lvl < len(channel_mult)]
         if bad_levels:
-            raise ValueError(f"attn_levels {bad_levels} out of range; levels are 0..{len(channel_mult) - 1}")
+            raise UserError(f"attn_levels {bad_levels} out of range; levels are 0..{len(channel_mult) - 1}")
         emb_dim = 4 * base_channel
         self.base_channel = base_channel
         self.time_embed = nn.Sequential(nn.Linear(base_channel, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
@@ -143,7 +144,7 @@ class UNet(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Cond = None) -> torch.Tensor:
         f = self.downsample_factor
         if x.shape[-1] % f or x.shape[-2] % f:
-            raise ValueError(f"image size {tuple(x.shape[-2:])} must be divisible by {f} for channel_mult {self.config['channel_mult']}")
+            raise UserError(f"image size {tuple(x.shape[-2:])} must be divisible by {f} for channel_mult {self.config['channel_mult']}")
         if t.ndim == 0:
             t = t.expand(x.shape[0])
         if self.adaptor is not None:

@@ -1,6 +1,6 @@
 """Foundational diffusers models (Stable Diffusion 1.x/2.x, LDM CelebA-HQ) adapted by LayoutDiffuse.
 
-* :class:`~layoutdiffuse.sd.adaptor.LayoutDiffusersUNet` -- a diffusers ``UNet2DConditionModel`` or
+* :class:`~layoutdiffuse.sd.layout_unet.LayoutDiffusersUNet` -- a diffusers ``UNet2DConditionModel`` or
   ``UNet2DModel`` plus the layout adaptor, an exact copy of the foundation at insertion.
 * :func:`~layoutdiffuse.sd.foundation.load_foundation` -- UNet, autoencoder, text encoder, tokenizer
   and noise schedule from a diffusers folder, a single ``.ckpt``/``.safetensors`` file, or the CompVis
@@ -18,7 +18,7 @@ from typing import Any
 from .spec import FOUNDATION_KEYS, FOUNDATIONS, is_foundation_config
 
 _LAZY = {
-    "LayoutDiffusersUNet": "adaptor", "TaskPromptProcessor": "adaptor", "PromptGate": "adaptor", "layout_sites": "adaptor",
+    "LayoutDiffusersUNet": "layout_unet", "TaskPromptProcessor": "layout_unet", "PromptGate": "layout_unet", "layout_sites": "layout_unet",
     "Foundation": "foundation", "load_foundation": "foundation", "build_foundation_module": "foundation",
     "check_foundation_files": "foundation", "diffusion_from_scheduler": "foundation",
     "convert_ldm_unet": "ldm", "convert_ldm_vq": "ldm", "load_ldm": "ldm",

@@ -32,8 +32,9 @@ from typing import Any, Mapping
 from torch import nn
 
 from ..data.paths import data_root
-from ..latent import Autoencoder, require_diffusers
+from ..autoencoder import Autoencoder, require_diffusers
 from .spec import FOUNDATIONS
+from ..errors import UserError, MissingFileError
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ def diffusion_from_scheduler(cfg: Mapping[str, Any]) -> dict[str, Any]:
 # --- file checks (fail before building anything) ---------------------------------------------------
 
 def _need(path: Path, kind: str, what: str) -> None:
-    raise FileNotFoundError(f"{kind} foundation: {what} not found: {path}; {DOWNLOAD_HINT[kind]}")
+    raise MissingFileError(f"{kind} foundation: {what} not found: {path}; {DOWNLOAD_HINT[kind]}")
 
 
 def _need_one(folder: Path, names: tuple[str, ...], kind: str, what: str) -> None:
@@ -100,14 +101,14 @@ def check_foundation_files(kind: str, path: str | os.PathLike, config: str | os.
     """Check that the weight files of a foundation exist; ``FileNotFoundError`` names the first missing
     one. Returns the resolved path."""
     if kind not in FOUNDATIONS:
-        raise ValueError(f"unknown foundation '{kind}'; choose one of: {', '.join(FOUNDATIONS)}")
+        raise UserError(f"unknown foundation '{kind}'; choose one of: {', '.join(FOUNDATIONS)}")
     p = resolve_path(path)
     if kind == "stable_diffusion":
         if p.suffix in (".ckpt", ".safetensors"):
             if not p.exists():
                 _need(p, kind, "weights file")
             if config is None:
-                raise ValueError(f"single-file Stable Diffusion weights ({p}) need adapt.config: a local diffusers folder with the "
+                raise UserError(f"single-file Stable Diffusion weights ({p}) need adapt.config: a local diffusers folder with the "
                                  "component configs (model_index.json, unet/config.json, ...); no model hub is reached")
             if not resolve_path(config).is_dir():
                 _need(resolve_path(config), kind, "adapt.config folder")
@@ -185,7 +186,7 @@ def merge_diffusion(foundation: Mapping[str, Any], given: Mapping[str, Any]) -> 
 
 def build_foundation_module(config: Mapping[str, Any], architecture: Mapping[str, Any] | None = None) -> Any:
     """The training module of an ``adapt.foundation`` config: the foundation loaded, the adaptor
-    inserted (:class:`~layoutdiffuse.sd.adaptor.LayoutDiffusersUNet`), wrapped in the latent training
+    inserted (:class:`~layoutdiffuse.sd.layout_unet.LayoutDiffusersUNet`), wrapped in the latent training
     module named by ``diffusion.training`` (a :class:`~layoutdiffuse.training.latent.LatentDDPMTraining`).
 
     ``architecture``: the ``model`` entry of a checkpoint (rebuilding a trained module: the frozen
@@ -194,7 +195,7 @@ def build_foundation_module(config: Mapping[str, Any], architecture: Mapping[str
     from ..config import ConfigError
     from ..training.latent import LatentDDPMTraining
     from ..training.registry import TRAININGS
-    from .adaptor import LayoutDiffusersUNet, plain_config
+    from .layout_unet import LayoutDiffusersUNet, plain_config
 
     spec = config["adapt"]
     cls = TRAININGS.get(config["diffusion"].get("training", "LatentDDPMTraining"))
@@ -203,7 +204,7 @@ def build_foundation_module(config: Mapping[str, Any], architecture: Mapping[str
                           f"(or a subclass), got {config['diffusion'].get('training')!r}")
     found = load_foundation(spec["foundation"], spec["path"], spec.get("config"), spec.get("scale_factor"), spec.get("sample_posterior", True))
     if architecture is not None and plain_config(found.unet.config) != dict(architecture.get("unet", {})):
-        raise ValueError(f"the checkpoint's UNet architecture differs from the foundation at {found.source}; "
+        raise UserError(f"the checkpoint's UNet architecture differs from the foundation at {found.source}; "
                          "was it trained from another foundation?")
     model = LayoutDiffusersUNet(found.unet, spec["layout"], foundation=spec["foundation"])
     if spec.get("gradient_checkpointing"):

@@ -21,7 +21,8 @@ from typing import Any, Mapping
 
 import torch
 
-from .adaptor import state_dict_mismatch
+from .layout_unet import state_dict_mismatch
+from ..errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def read_ldm_config(path: str | Path | None) -> dict[str, Any]:
         data = yaml.safe_load(Path(path).read_text())
         return data["model"]["params"]
     except (OSError, yaml.YAMLError, KeyError, TypeError) as err:
-        raise ValueError(f"{path} is not a latent-diffusion config (needs model.params): {err}") from err
+        raise UserError(f"{path} is not a latent-diffusion config (needs model.params): {err}") from err
 
 
 def unet_config_from_ldm(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -237,7 +238,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         unsafe = ser.get_unsafe_globals_in_checkpoint(str(path))
     except Exception as err:
-        raise ValueError(f"{path} is not a readable torch checkpoint (corrupted or incomplete download?): {err}") from err
+        raise UserError(f"{path} is not a readable torch checkpoint (corrupted or incomplete download?): {err}") from err
     stubs = []
     for name in unsafe:
         module, _, qual = name.rpartition(".")
@@ -247,7 +248,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
     state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
-        raise ValueError(f"{path} holds no state dict")
+        raise UserError(f"{path} holds no state dict")
     return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
 
 
@@ -302,7 +303,7 @@ def load_ldm(path: str | Path, use_ema: bool = True) -> tuple[Any, Any, dict[str
         unet_sd = {k[len("model.diffusion_model."):]: v for k, v in sd.items() if k.startswith("model.diffusion_model.")}
     vq_sd = {k[len("first_stage_model."):]: v for k, v in sd.items() if k.startswith("first_stage_model.")}
     if not unet_sd or not vq_sd:
-        raise ValueError(f"{ckpt} is not a latent-diffusion checkpoint: no model.diffusion_model.* / first_stage_model.* weights")
+        raise UserError(f"{ckpt} is not a latent-diffusion checkpoint: no model.diffusion_model.* / first_stage_model.* weights")
     unet = UNet2DModel(**unet_cfg)
     legacy = not params["unet_config"]["params"].get("use_new_attention_order", False)
     _load_exact(unet, convert_ldm_unet(unet_sd, unet_cfg, legacy_attention=legacy), f"{ckpt} (UNet)")

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from ..latent import require_diffusers
+from ..autoencoder import require_diffusers
 
 #: architecture configs: UNet2DConditionModel, AutoencoderKL, CLIPTextConfig (+ tokenizer max length)
 SD_ARCHITECTURES: dict[str, dict[str, Any]] = {

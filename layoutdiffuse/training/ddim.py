@@ -22,6 +22,7 @@ from ..diffusion import GaussianDiffusion, conditioned
 from ..diffusion.improved import hybrid_loss
 from ..diffusion.resample import TimestepSampler, make_timestep_sampler
 from .ddpm import DDPMTraining
+from ..errors import UserError
 
 IMPROVED_DEFAULTS = {"schedule": "cosine", "num_timesteps": 1000, "learn_sigma": True}
 CHECKPOINT_KEY = "timestep_sampler"
@@ -55,15 +56,15 @@ class DDIMTraining(DDPMTraining):
         if not isinstance(diffusion, GaussianDiffusion):
             diffusion = GaussianDiffusion(**{**IMPROVED_DEFAULTS, **(diffusion or {})})
         if not diffusion.learn_sigma:
-            raise ValueError("DDIMTraining (improved DDPM) needs a learned variance: GaussianDiffusion(learn_sigma=True)")
+            raise UserError("DDIMTraining (improved DDPM) needs a learned variance: GaussianDiffusion(learn_sigma=True)")
         in_ch, out_ch = getattr(denoising_model, "in_channel", None), getattr(denoising_model, "out_channel", None)
         config = getattr(denoising_model, "config", None)
         if isinstance(config, dict):
             in_ch, out_ch = config.get("in_channel", in_ch), config.get("out_channel", out_ch)
         if in_ch is not None and out_ch is not None and out_ch != 2 * in_ch:
-            raise ValueError(f"a learned-variance model needs out_channel = 2 * in_channel = {2 * in_ch}, got out_channel={out_ch}")
+            raise UserError(f"a learned-variance model needs out_channel = 2 * in_channel = {2 * in_ch}, got out_channel={out_ch}")
         if lambda_vlb < 0:
-            raise ValueError(f"lambda_vlb must be >= 0, got {lambda_vlb}")
+            raise UserError(f"lambda_vlb must be >= 0, got {lambda_vlb}")
         super().__init__(denoising_model, diffusion=diffusion, sampling={"sampler": "ancestral", "steps": 100, **(sampling or {})}, **kwargs)
         self.lambda_vlb = lambda_vlb
         self.timestep_sampler: TimestepSampler = make_timestep_sampler(timestep_sampler, self.diffusion.num_timesteps, **(timestep_sampler_options or {}))

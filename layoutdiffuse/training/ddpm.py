@@ -25,6 +25,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from ..diffusion import GaussianDiffusion, classifier_free_guidance, conditioned, make_sampler
 from ..diffusion.guidance import drop_condition, null_condition
+from ..errors import UserError
 
 
 def ema_multi_avg(decay: float, averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
@@ -72,7 +73,7 @@ class DDPMTraining(pl.LightningModule):
         self.lr_scheduler_args = {"name": "constant", "warmup_steps": 0, "total_steps": None, **(lr_scheduler or {})}
         self.sampling_args = {"sampler": "ddim", "steps": 50, "clip": True, "guidance": 1.0, **(sampling or {})}
         if not 0 <= cond_drop_prob <= 1:
-            raise ValueError(f"cond_drop_prob must be in [0, 1], got {cond_drop_prob}")
+            raise UserError(f"cond_drop_prob must be in [0, 1], got {cond_drop_prob}")
         self.cond_drop_prob = cond_drop_prob
         self.seed = seed
         self.config = config or {}
@@ -184,7 +185,7 @@ class DDPMTraining(pl.LightningModule):
         if name == "constant" and not warmup:
             return opt
         if name == "cosine" and not total:
-            raise ValueError("lr_scheduler 'cosine' needs total_steps")
+            raise UserError("lr_scheduler 'cosine' needs total_steps")
 
         def factor(step: int) -> float:
             if step < warmup:
@@ -194,7 +195,7 @@ class DDPMTraining(pl.LightningModule):
             return 1.0
 
         if name not in ("constant", "warmup", "cosine"):
-            raise ValueError(f"unknown lr_scheduler '{name}'; choose one of: constant, warmup, cosine")
+            raise UserError(f"unknown lr_scheduler '{name}'; choose one of: constant, warmup, cosine")
         return {"optimizer": opt, "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, factor), "interval": "step"}}
 
     def parameter_groups(self) -> list[dict[str, Any]]:
@@ -202,7 +203,7 @@ class DDPMTraining(pl.LightningModule):
         args = self.optimizer_args
         if getattr(self.model, "adaptor", None) is None:
             if args["train"] != "all":
-                raise ValueError(f"optimizer.train '{args['train']}' needs a model with a layout adaptor; use 'all'")
+                raise UserError(f"optimizer.train '{args['train']}' needs a model with a layout adaptor; use 'all'")
             return [{"params": [p for p in self.model.parameters() if p.requires_grad]}]
         from ..adapt import param_groups
 

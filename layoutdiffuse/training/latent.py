@@ -8,7 +8,7 @@ the layout *and* the caption together; :meth:`LatentDDPMTraining.sample` also ta
 
 The autoencoder and text encoder are always frozen, never in the optimizer, never in EMA, kept in
 eval mode, and left out of checkpoints (they are reloaded from the foundation). Latents may be
-cached on disk (``latent_cache``: a folder; see :class:`~layoutdiffuse.latent.LatentCache`).
+cached on disk (``latent_cache``: a folder; see :class:`~layoutdiffuse.autoencoder.LatentCache`).
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from torch import nn
 from ..diffusion import classifier_free_guidance, conditioned, make_sampler
 from ..diffusion.guidance import null_condition
 from .ddpm import DDPMTraining
+from ..errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +33,8 @@ class LatentDDPMTraining(DDPMTraining):
     """:class:`DDPMTraining` in latent space.
 
     Args:
-        denoising_model: ``model(z_t, t, cond)`` on latents (e.g. :class:`~layoutdiffuse.sd.adaptor.LayoutDiffusersUNet`).
-        autoencoder: a :class:`~layoutdiffuse.latent.Autoencoder` (frozen).
+        denoising_model: ``model(z_t, t, cond)`` on latents (e.g. :class:`~layoutdiffuse.sd.layout_unet.LayoutDiffusersUNet`).
+        autoencoder: a :class:`~layoutdiffuse.autoencoder.Autoencoder` (frozen).
         text_encoder, tokenizer: a frozen transformers text encoder and its tokenizer for text
             foundations (``cond["caption"]`` -> ``cond["context"]``), or ``None``.
         latent_cache: a folder to cache the autoencoder's output for training images, or ``None``.
@@ -60,9 +61,9 @@ class LatentDDPMTraining(DDPMTraining):
         config: dict[str, Any] | None = None,
     ):
         if autoencoder is None:
-            raise ValueError("LatentDDPMTraining needs an autoencoder (layoutdiffuse.latent.Autoencoder)")
+            raise UserError("LatentDDPMTraining needs an autoencoder (layoutdiffuse.autoencoder.Autoencoder)")
         if (text_encoder is None) != (tokenizer is None):
-            raise ValueError("give both text_encoder and tokenizer, or neither")
+            raise UserError("give both text_encoder and tokenizer, or neither")
         denoising_model.train()  # diffusers' from_pretrained returns eval-mode models
         super().__init__(denoising_model, diffusion, image_shape, optimizer, lr_scheduler, ema_decay, cond_drop_prob,
                          {"clip": False, **(sampling or {})}, seed, config)
@@ -116,7 +117,7 @@ class LatentDDPMTraining(DDPMTraining):
     @property
     def latent_cache(self) -> Any:
         if self.latent_cache_dir and self._cache is None:
-            from ..latent import LatentCache
+            from ..autoencoder import LatentCache
 
             self._cache = LatentCache(self.latent_cache_dir, self.autoencoder.fingerprint())
         return self._cache
@@ -128,7 +129,7 @@ class LatentDDPMTraining(DDPMTraining):
         moments = cache.moments(images, self.autoencoder) if cache is not None else self.autoencoder.moments(images)
         z = self.autoencoder.latents_from_moments(moments, generator)
         if tuple(z.shape[1:]) != self.image_shape:
-            raise ValueError(f"images {tuple(images.shape[1:])} encode to latents {tuple(z.shape[1:])}, but this module's "
+            raise UserError(f"images {tuple(images.shape[1:])} encode to latents {tuple(z.shape[1:])}, but this module's "
                              f"image_shape is {self.image_shape} (data.image_size must match)")
         return z
 
@@ -168,7 +169,7 @@ class LatentDDPMTraining(DDPMTraining):
         if captions is None:
             captions = [""] * batch_size
         if len(captions) != batch_size:
-            raise ValueError(f"{len(captions)} captions for a batch of {batch_size}")
+            raise UserError(f"{len(captions)} captions for a batch of {batch_size}")
         cond["context"] = self.encode_text(captions)
         return cond
 
@@ -205,7 +206,7 @@ class LatentDDPMTraining(DDPMTraining):
         model.eval()
         cond = dict(cond or {})
         if negative_prompt is not None and self.text_encoder is None:
-            raise ValueError("negative_prompt needs a text foundation (this model has no text encoder)")
+            raise UserError("negative_prompt needs a text foundation (this model has no text encoder)")
         if guidance != 1:
             null = null_condition(cond)
             if negative_prompt is not None:

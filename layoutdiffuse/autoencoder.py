@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from .files import save_safetensors
+from .errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ class Autoencoder(nn.Module):
         """``(C, h, w)`` of the latents of ``image_size x image_size`` images."""
         f = self.downsample_factor
         if image_size % f:
-            raise ValueError(f"image_size {image_size} must be divisible by the autoencoder's downsample factor {f}")
+            raise UserError(f"image_size {image_size} must be divisible by the autoencoder's downsample factor {f}")
         return (self.latent_channels, image_size // f, image_size // f)
 
     def fingerprint(self) -> str:

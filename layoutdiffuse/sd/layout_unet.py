@@ -35,9 +35,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..latent import require_diffusers
+from ..autoencoder import require_diffusers
 from ..nn.adaptor import LayoutAdaptor, TaskPromptAttention, is_adaptor_name
 from .spec import LAYOUT_DEFAULTS
+from ..errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ class TaskPromptProcessor:
         if n_prompts:
             if encoder_hidden_states is None or encoder_hidden_states.shape[1] <= n_prompts:
                 got = None if encoder_hidden_states is None else tuple(encoder_hidden_states.shape)
-                raise ValueError(f"this cross-attention layer expects the text context followed by {n_prompts} task-prompt "
+                raise UserError(f"this cross-attention layer expects the text context followed by {n_prompts} task-prompt "
                                  f"tokens (LayoutDiffusersUNet appends them), got encoder_hidden_states of shape {got}")
             encoder_hidden_states, prompts = encoder_hidden_states[:, :-n_prompts], encoder_hidden_states[:, -n_prompts:]
 
@@ -187,7 +188,7 @@ def layout_sites(unet: nn.Module, levels: Iterable[int]) -> dict[str, tuple[str,
     levels = list(levels)
     bad = [lvl for lvl in levels if not isinstance(lvl, int) or not 0 <= lvl < n]
     if bad:
-        raise ValueError(f"adaptor levels {bad} out of range; this UNet has levels 0..{n - 1} "
+        raise UserError(f"adaptor levels {bad} out of range; this UNet has levels 0..{n - 1} "
                          f"(latent downsample exponents; block_out_channels={list(unet.config.block_out_channels)})")
     sites: dict[str, tuple[str, int]] = {}
 
@@ -243,10 +244,10 @@ class LayoutDiffusersUNet(nn.Module):
             raise TypeError(f"LayoutDiffusersUNet adapts a diffusers {' or '.join(UNET_CLASSES)}, got {type(unet).__name__}")
         unknown = sorted(set(layout) - set(LAYOUT_DEFAULTS))
         if unknown:
-            raise ValueError(f"unknown layout adaptor options {unknown}; allowed: {', '.join(LAYOUT_DEFAULTS)}")
+            raise UserError(f"unknown layout adaptor options {unknown}; allowed: {', '.join(LAYOUT_DEFAULTS)}")
         opts = {**LAYOUT_DEFAULTS, **layout}
         if opts["num_classes"] is None:
-            raise ValueError("the layout adaptor needs num_classes (size of the instance prompt table, without the null row)")
+            raise UserError("the layout adaptor needs num_classes (size of the instance prompt table, without the null row)")
         opts["levels"] = list(opts["levels"])
         self.unet = unet
         self.foundation = foundation
@@ -255,7 +256,7 @@ class LayoutDiffusersUNet(nn.Module):
 
         sites = layout_sites(unet, opts["levels"])
         if not sites:
-            raise ValueError(f"no UNet block at levels {opts['levels']} to attach layout attention to")
+            raise UserError(f"no UNet block at levels {opts['levels']} to attach layout attention to")
         self.adaptor = LayoutAdaptor({k: ch for k, (_, ch) in sites.items()}, opts["num_classes"], opts["embed_dim"],
                                      opts["num_heads"], opts["num_task_prompts"], opts["mask"], opts["region_mask_attention"])
         self.task_prompt = nn.ModuleDict()
@@ -307,7 +308,7 @@ class LayoutDiffusersUNet(nn.Module):
         diffusers = require_diffusers()
         name = config.get("unet_class")
         if name not in UNET_CLASSES:
-            raise ValueError(f"unknown unet_class {name!r}; choose one of: {', '.join(UNET_CLASSES)}")
+            raise UserError(f"unknown unet_class {name!r}; choose one of: {', '.join(UNET_CLASSES)}")
         unet = getattr(diffusers, name).from_config(dict(config["unet"]))
         return cls(unet, config["layout"], foundation=config.get("foundation"))
 
@@ -346,10 +347,10 @@ class LayoutDiffusersUNet(nn.Module):
         if self.text:
             context = prepared.get("context")
             if context is None:
-                raise ValueError("this adapted model is text-conditioned: cond['context'] (B, S, D) must hold the text encoder's "
+                raise UserError("this adapted model is text-conditioned: cond['context'] (B, S, D) must hold the text encoder's "
                                  "hidden states (LatentDDPMTraining encodes cond['caption']; use the empty caption for none)")
             if context.ndim != 3 or context.shape[0] != b:
-                raise ValueError(f"cond['context'] must have shape ({b}, S, D), got {tuple(context.shape)}")
+                raise UserError(f"cond['context'] must have shape ({b}, S, D), got {tuple(context.shape)}")
             if self.num_context_prompts:
                 prompts = self.task_prompt["context"](self.adaptor.task_prompts).to(context.dtype)
                 context = torch.cat([context, prompts.expand(b, -1, -1)], dim=1)

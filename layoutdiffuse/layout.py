@@ -21,6 +21,7 @@ from typing import Any, Sequence
 
 import torch
 from torch.utils.data import default_collate
+from .errors import UserError
 
 PAD = -1
 IGNORE = 255
@@ -28,7 +29,7 @@ TOLERANCE = 1e-3
 FIELDS = ("x", "y", "w", "h", "class")
 
 
-class LayoutError(ValueError):
+class LayoutError(UserError):
     """A layout that breaks the format; the message names the object and the field."""
 
 

@@ -1,0 +1,22 @@
+"""Errors a user can fix by changing what they gave: a config, a layout, a path, a name, a number.
+
+The command line prints a :class:`UserError` as one line (``error: ...``, exit code 2); any other
+exception is a bug in this package and keeps its traceback. Every message names what was given and
+what is allowed. This module imports nothing from the package, so every module can use it.
+"""
+from __future__ import annotations
+
+
+class UserError(ValueError):
+    """Bad input from the user. A ``ValueError``, so ``except ValueError`` still catches it."""
+
+
+class MissingFileError(UserError, FileNotFoundError):
+    """A file or folder the user named (or that a command needs) does not exist or cannot be read."""
+
+
+class UnknownNameError(UserError, KeyError):
+    """A name (block type, sampler, dataset, class label, ...) that no registry holds."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
