@@ -195,6 +195,16 @@ def read_weights(path: Path, map_location: str | torch.device) -> dict[str, Any]
     return {CKPT_KEY: json.loads(meta), "state_dict": state}
 
 
+def model_from_architecture(arch: dict[str, Any]) -> torch.nn.Module:
+    """The denoiser of a checkpoint's ``model`` entry: a :class:`UNet`, or a diffusers layout UNet
+    (``unet_class`` set: e.g. a converted release checkpoint without its foundation)."""
+    if "unet_class" in arch:
+        from .sd.layout_unet import LayoutDiffusersUNet
+
+        return LayoutDiffusersUNet.from_config(arch)
+    return UNet(**arch)
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> pl.LightningModule:
     """A trained module from a Lightning checkpoint or a ``.safetensors`` export (architecture and
     config are stored in it). Never unpickles code: ``weights_only=True`` / safetensors."""
@@ -212,7 +222,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
         module = build_foundation_module(config, architecture=meta["model"])
     else:
-        model = UNet(**meta["model"])
+        model = model_from_architecture(meta["model"])
         cls = TRAININGS.get(config["diffusion"].get("training", "DDPMTraining"))
         process, kwargs = cls.split_config(config["diffusion"])
         module = cls(model, diffusion=process, image_shape=tuple(meta["image_shape"]), seed=config.get("seed", 0), config=config, **kwargs)
@@ -222,6 +232,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         state = {**state, **{"model." + k[len("ema.module."):]: v for k, v in state.items()}}
         if module.ema is not None:
             state["ema.n_averaged"] = torch.tensor(1)
+        else:  # a module without EMA (ema_decay 0): the weights are its model's
+            state = {k: v for k, v in state.items() if not k.startswith("ema.module.")}
     missing, unexpected = module.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise UserError(f"checkpoint {path} does not match its architecture: missing keys {missing[:10]}, unexpected keys {unexpected[:10]}")
