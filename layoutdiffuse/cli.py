@@ -1,4 +1,4 @@
-"""Command line: ``python -m layoutdiffuse {train,sample,evaluate} ...``.
+"""Command line: ``python -m layoutdiffuse {train,sample,evaluate,convert-release} ...``.
 
 User errors (a bad config, a missing file, a bad layout) print one clear line and exit 2.
 """
@@ -162,6 +162,14 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     sys.stdout.write(json.dumps(result, indent=1) + "\n")
 
 
+def cmd_convert_release(args: argparse.Namespace) -> None:
+    from .release.export import convert_release
+
+    path = convert_release(args.ckpt, args.release_config, args.out, foundation=args.foundation, class_names=args.class_names,
+                           guidance=args.guidance)
+    log.info("wrote %s; sample it with: python -m layoutdiffuse sample --ckpt %s --layout LAYOUT.json", path, path)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m layoutdiffuse", description="Layout-to-image diffusion: train, sample, evaluate.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -197,6 +205,16 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--device", help="cpu | cuda (default: cuda when available)")
     e.add_argument("--progress", action="store_true", help="show a progress bar for --nll")
     e.set_defaults(func=cmd_evaluate)
+    r = sub.add_parser("convert-release", help="convert a checkpoint of the original LayoutDiffuse release (read without running code "
+                       "from it) to a .safetensors file this project loads")
+    r.add_argument("ckpt", help="the release's .ckpt (Lightning checkpoint with denoise_fn.* UNet keys)")
+    r.add_argument("--release-config", required=True, help="the release's config JSON (or its denoising_model / diffusion parts)")
+    r.add_argument("--out", required=True, help="output .safetensors (weights in float32, config inside)")
+    r.add_argument("--foundation", help="the foundation's folder (Stable Diffusion diffusers folder, CelebA-HQ LDM); "
+                   "without it only the UNet is converted")
+    r.add_argument("--class-names", help="layout class names: 'coco-stuff' (the release's COCO id - 1 table) or a JSON list file")
+    r.add_argument("--guidance", type=float, help="default guidance scale stored with the model (default: 5 for boxes, 1 for masks)")
+    r.set_defaults(func=cmd_convert_release)
     return p
 
 

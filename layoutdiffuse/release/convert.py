@@ -138,7 +138,10 @@ def convert_foundation_keys(rest: dict[str, torch.Tensor], cls_name: str, config
         try:
             return convert_ldm_unet(rest, config, legacy_attention=True)
         except KeyError as err:
-            raise UserError(f"release UNet: {err.args[0]}") from None
+            what = str(err.args[0])
+            if " " not in what:  # a bare key the architecture needs
+                what = f"lacks denoise_fn.{origin.get(what, what)} (is the config right for this checkpoint?)"
+            raise UserError(f"release UNet: {what}") from None
     from diffusers.loaders.single_file_utils import LDM_UNET_KEY, convert_ldm_unet_checkpoint
 
     logging.getLogger("diffusers").setLevel(logging.ERROR)
@@ -181,9 +184,14 @@ def convert_release_unet(state: Mapping[str, torch.Tensor], arch: Mapping[str, A
     full = {**{f"unet.{k}": v for k, v in unet.items()}, **adaptor, **prompts}
     own = model.state_dict(keep_vars=True)
     full = fit_projections(full, own)
-    from ..sd.layout_unet import state_dict_mismatch
-
-    report = state_dict_mismatch(model, full)
-    if report:
-        raise UserError(f"release checkpoint does not fit the model its config describes: {report}")
+    source = {id(v): PREFIX + k for k, v in state.items()}  # name the release's key where a value passed unchanged
+    missing = [k for k in own if k not in full]
+    unknown = [source.get(id(v), k) for k, v in full.items() if k not in own]
+    shapes = [f"{source.get(id(full[k]), k)} {tuple(full[k].shape)} vs {k} {tuple(own[k].shape)}" for k in own
+              if k in full and tuple(full[k].shape) != tuple(own[k].shape)]
+    parts = [f"{len(missing)} model keys missing {_listed(missing)}" if missing else "",
+             f"{len(unknown)} release keys this architecture does not have {_listed(unknown)}" if unknown else "",
+             f"{len(shapes)} keys of another shape (release vs model) {_listed(shapes)}" if shapes else ""]
+    if any(parts):
+        raise UserError("release checkpoint does not fit the model its config describes: " + "; ".join(p for p in parts if p))
     return full
