@@ -39,7 +39,8 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
     module = load_model(args.ckpt)
     start = time.perf_counter()
-    images, layouts = sample(args.layout, n=args.n, ckpt=module, sampler=args.sampler, steps=args.steps, guidance=args.guidance, seed=args.seed, progress=True)
+    images, layouts = sample(args.layout, n=args.n, ckpt=module, sampler=args.sampler, steps=args.steps, guidance=args.guidance, seed=args.seed, progress=True,
+                              prompt=args.prompt, negative_prompt=args.negative_prompt)
     seconds = time.perf_counter() - start
     path = save_grid(images, args.out, layouts=layouts, class_names=module.class_names or None)
     log.info("wrote %d samples to %s (%.1f s)", args.n, path, seconds)
@@ -186,6 +187,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=int)
     s.add_argument("--guidance", type=float)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--prompt", help="caption (models with a text encoder, e.g. converted Stable Diffusion release checkpoints)")
+    s.add_argument("--negative-prompt", help="text of the unconditional branch of guidance (default: the empty caption)")
     s.add_argument("--out", default="samples.png", help="PNG grid, each sample with its layout drawn over it")
     s.set_defaults(func=cmd_sample)
     e = sub.add_parser("evaluate", help="bits/dim on MNIST-test (--nll), digit-FID of samples vs MNIST-test (--fid), "

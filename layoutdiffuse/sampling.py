@@ -61,16 +61,27 @@ def sample(
     guidance: float | None = None,
     seed: int = 0,
     progress: bool = False,
+    prompt: str | None = None,
+    negative_prompt: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Draw ``n`` images for one layout. Returns ``(images (n, C, H, W) in [-1, 1], layouts (n, N, 5) or None)``.
 
     ``layout``: ``None`` / ``[]`` (unconditional: the empty layout), a layout file path, a list of
     ``{"label", "box"}`` objects, or a tensor ``(N, 5)``. Unset sampler options use the model's defaults.
+    ``prompt`` / ``negative_prompt``: the caption and the unconditional branch's text, for models
+    with a text encoder (Stable Diffusion foundations, e.g. a converted release checkpoint).
     """
     if n < 1:
         raise UserError(f"n must be >= 1, got {n}")
     module = ckpt if isinstance(ckpt, pl.LightningModule) else load_model(ckpt)
     opts = {k: v for k, v in dict(sampler=sampler, steps=steps, guidance=guidance).items() if v is not None}
+    text = {}
+    if prompt is not None or negative_prompt is not None:
+        if getattr(module, "text_encoder", None) is None:
+            raise UserError("--prompt / --negative-prompt need a model with a text encoder (a text foundation; "
+                            "a converted release checkpoint needs --foundation for it)")
+        if negative_prompt is not None:
+            text["negative_prompt"] = negative_prompt
     g = torch.Generator(device=module.device).manual_seed(seed)
     if not is_layout_model(module):
         if layout:
@@ -78,5 +89,6 @@ def sample(
         return module.sample(n, generator=g, progress=progress, **{k: v for k, v in opts.items() if k != "guidance"}), None
     rows = as_layout(layout, module.class_names or [str(i) for i in range(module.model.adaptor.num_classes)])
     layouts = rows[None].expand(n, -1, -1).to(module.device)
-    images = module.sample(n, cond={"layout": layouts}, generator=g, progress=progress, **opts)
+    cond = {"layout": layouts} if prompt is None else {"layout": layouts, "caption": [prompt] * n}
+    images = module.sample(n, cond=cond, generator=g, progress=progress, **opts, **text)
     return images, layouts

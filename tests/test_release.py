@@ -260,3 +260,39 @@ def test_coco_class_ids_are_category_id_minus_one():
     assert layout[:, 4].tolist() == [release_class_id(1), release_class_id(92)] == [0, 91]
     with pytest.raises(UserError, match="null row"):
         release_class_id(182)
+
+
+# --- with the foundation: autoencoder and text encoder from its folder, prompts -------------------------
+
+def test_convert_with_a_foundation_folder_then_sample_with_prompts(tmp_path, monkeypatch):
+    """A stand-in Stable Diffusion folder whose UNet has the tiny release model's architecture (random
+    weights: the release checkpoint replaces all of them); the converted module samples with prompts."""
+    from layoutdiffuse import sample
+    from layoutdiffuse.experiment import load_checkpoint
+    from layoutdiffuse.release import architecture, read_release_config
+    from layoutdiffuse.release.export import convert_release
+    from layoutdiffuse.sd import testing
+
+    name = "sd_layout"
+    unet = architecture(read_release_config(RELEASE / f"{name}.json"))["unet"]
+    monkeypatch.setitem(testing.SD_ARCHITECTURES, "release_tiny", {
+        "unet": unet, "max_length": 8,
+        "vae": dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                    block_out_channels=(8, 8, 8, 8), latent_channels=4, norm_num_groups=8, layers_per_block=1, sample_size=64),
+        "text": dict(hidden_size=unet["cross_attention_dim"], intermediate_size=37, num_hidden_layers=1, num_attention_heads=4,
+                     projection_dim=24)})
+    folder = testing.save_sd_folder(tmp_path / "sd", "release_tiny")
+    out = convert_release(RELEASE / f"{name}.ckpt", RELEASE / f"{name}.json", tmp_path / "c.safetensors", foundation=folder,
+                          class_names=[f"c{i}" for i in range(7)])
+    module = load_checkpoint(out)
+    assert type(module).__name__ == "LatentDDPMTraining" and module.text_encoder is not None
+    io = load_file(str(RELEASE / f"{name}.io.safetensors"))
+    with torch.no_grad():
+        eps = module.model(io["x"], io["t"], cond_of(io))
+    assert rel_err(eps, io["eps"]) < TOL
+    images, layouts = sample([{"label": "c3", "box": [0.1, 0.2, 0.5, 0.5]}], n=2, ckpt=module, steps=2, prompt="a cat",
+                             negative_prompt="blurry")
+    assert images.shape == (2, 3, 64, 64) and torch.isfinite(images).all() and layouts[0, 0, 4] == 3
+    with pytest.raises(UserError, match="text encoder"):
+        unet_only = load_checkpoint(convert_release(RELEASE / f"{name}.ckpt", RELEASE / f"{name}.json", tmp_path / "u.safetensors"))
+        sample(None, n=1, ckpt=unet_only, prompt="a cat")
