@@ -211,7 +211,8 @@ def parser() -> argparse.ArgumentParser:
     r = sub.add_parser("convert-release", help="convert a checkpoint of the original LayoutDiffuse release (read without running code "
                        "from it) to a .safetensors file this project loads")
     r.add_argument("ckpt", help="the release's .ckpt (Lightning checkpoint with denoise_fn.* UNet keys)")
-    r.add_argument("--release-config", required=True, help="the release's config JSON (or its denoising_model / diffusion parts)")
+    r.add_argument("--release-config", required=True, help="the release's config JSON (or its denoising_model / diffusion parts), "
+                   "or a published model's name: cocostuff_SD1_5, cocostuff_SD2_1, cocostuff, vg, celeb_mask")
     r.add_argument("--out", required=True, help="output .safetensors (weights in float32, config inside)")
     r.add_argument("--foundation", help="the foundation's folder (Stable Diffusion diffusers folder, CelebA-HQ LDM); "
                    "without it only the UNet is converted")

@@ -32,14 +32,20 @@ KNOWN_ARGS = {
 
 def read_release_config(path: str | Path | Mapping[str, Any]) -> dict[str, Any]:
     """``{"model_args", "beta_schedule_args", "training_target"}`` of a release config file (the whole
-    config, or its ``denoising_model`` / ``diffusion`` parts as in the fixtures' ``NAME.json``)."""
+    config, or its ``denoising_model`` / ``diffusion`` parts as in the fixtures' ``NAME.json``), of its
+    parsed JSON, or of a published model's name (:data:`~layoutdiffuse.release.published.PUBLISHED`)."""
+    from .published import PUBLISHED, release_config
+
     if isinstance(path, Mapping):
         data: Any = dict(path)
         where = "release config"
+    elif isinstance(path, str) and path in PUBLISHED and not Path(path).is_file():
+        data, where = release_config(path), f"published model {path}"
     else:
         p = Path(path)
         if not p.is_file():
-            raise MissingFileError(f"release config {p} does not exist")
+            raise MissingFileError(f"release config {p} does not exist (give the release's config JSON, or the name of a "
+                                   f"published model: {', '.join(PUBLISHED)})")
         try:
             data = json.loads(p.read_text())
         except json.JSONDecodeError as err:
@@ -48,6 +54,8 @@ def read_release_config(path: str | Path | Mapping[str, Any]) -> dict[str, Any]:
     try:
         model_args = dict(data["denoising_model"]["model_args"])
         diffusion = data["diffusion"]
+        if "beta_schedule_args" not in diffusion and isinstance(diffusion.get("model_args"), Mapping):
+            diffusion = diffusion["model_args"]  # the whole config: diffusion.model_args holds them
         schedule = dict(diffusion["beta_schedule_args"])
     except (KeyError, TypeError) as err:
         raise UserError(f"{where} is not a release config: needs denoising_model.model_args and "
