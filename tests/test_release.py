@@ -296,3 +296,52 @@ def test_convert_with_a_foundation_folder_then_sample_with_prompts(tmp_path, mon
     with pytest.raises(UserError, match="text encoder"):
         unet_only = load_checkpoint(convert_release(RELEASE / f"{name}.ckpt", RELEASE / f"{name}.json", tmp_path / "u.safetensors"))
         sample(None, n=1, ckpt=unet_only, prompt="a cat")
+
+
+def save_ldm_text_folder(root: Path, unet_config: dict, context_dim: int, max_length: int = 8) -> Path:
+    """A stand-in of diffusers' ldm-text2im folder (unet/, vqvae/, bert/, tokenizer/, scheduler/), random weights."""
+    import json
+
+    import diffusers
+    from diffusers.pipelines.latent_diffusion.pipeline_latent_diffusion import LDMBertConfig, LDMBertModel
+    from transformers import BertTokenizer
+
+    from layoutdiffuse.sd.testing import SD_SCHEDULER
+
+    torch.manual_seed(0)
+    root.mkdir(parents=True)
+    diffusers.UNet2DConditionModel(**unet_config).save_pretrained(root / "unet")
+    diffusers.AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+                            up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8, 8, 8, 8), latent_channels=4,
+                            norm_num_groups=8, layers_per_block=1, sample_size=64).save_pretrained(root / "vqvae")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "cat", "on", "the", "grass", "blurry"]
+    (root / "tokenizer").mkdir()
+    (root / "tokenizer" / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizer(str(root / "tokenizer" / "vocab.txt"), model_max_length=max_length).save_pretrained(root / "tokenizer")
+    LDMBertModel(LDMBertConfig(vocab_size=len(vocab), max_position_embeddings=max_length, encoder_layers=1, encoder_ffn_dim=32,
+                               encoder_attention_heads=2, head_dim=12, d_model=context_dim)).save_pretrained(root / "bert")
+    (root / "scheduler").mkdir()
+    (root / "scheduler" / "scheduler_config.json").write_text(json.dumps(SD_SCHEDULER))
+    (root / "model_index.json").write_text(json.dumps({"_class_name": "LDMTextToImagePipeline"}))
+    return root
+
+
+def test_convert_onto_a_laion_ldm_folder_then_sample_with_prompts(tmp_path):
+    from layoutdiffuse import sample
+    from layoutdiffuse.experiment import load_checkpoint
+    from layoutdiffuse.release import architecture, read_release_config
+    from layoutdiffuse.release.export import convert_release
+
+    name = "ldm_text_layout"
+    unet = architecture(read_release_config(RELEASE / f"{name}.json"))["unet"]
+    folder = save_ldm_text_folder(tmp_path / "ldm-text2im", unet, unet["cross_attention_dim"])
+    module = load_checkpoint(convert_release(RELEASE / f"{name}.ckpt", RELEASE / f"{name}.json", tmp_path / "c.safetensors",
+                                             foundation=folder))
+    assert module.config["adapt"]["foundation"] == "ldm_text" and type(module.text_encoder).__name__ == "LDMBertModel"
+    io = load_file(str(RELEASE / f"{name}.io.safetensors"))
+    with torch.no_grad():
+        eps = module.model(io["x"], io["t"], cond_of(io))
+    assert rel_err(eps, io["eps"]) < TOL
+    images, _ = sample([{"label": "2", "box": [0.0, 0.5, 0.5, 0.5]}], n=1, ckpt=module, steps=2, prompt="a cat on the grass",
+                       negative_prompt="blurry")
+    assert images.shape == (1, 3, 64, 64) and torch.isfinite(images).all()

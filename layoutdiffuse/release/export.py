@@ -28,7 +28,7 @@ RELEASE_SAMPLING = {"sampler": "plms", "steps": 20, "spacing": "ldm", "warmup": 
 ARCH_FIELDS = ("in_channels", "out_channels", "block_out_channels", "layers_per_block", "down_block_types", "up_block_types",
                "attention_head_dim", "cross_attention_dim", "transformer_layers_per_block", "resnet_time_scale_shift")
 #: latent downscale of each foundation's autoencoder (pixel size = latent size * factor)
-DOWNSCALE = {"stable_diffusion": 8, "ldm": 4}
+DOWNSCALE = {"stable_diffusion": 8, "ldm_text": 8, "ldm": 4}
 
 
 def class_names_of(spec: str | Sequence[str] | None, num_classes: int) -> list[str]:
@@ -65,9 +65,8 @@ def _foundation_kind(release_unet_class: str, folder: Path) -> str:
     if release_unet_class == "UNet2DModel":
         return "ldm"
     index = folder / "model_index.json"
-    if index.is_file() and "LDMTextToImage" in index.read_text():
-        raise UserError(f"{folder} is the LAION text-to-image LDM (BERT text encoder), which this project cannot load yet; "
-                        "convert without --foundation (UNet only)")
+    if (folder / "bert").is_dir() or (index.is_file() and "LDMTextToImage" in index.read_text()):
+        return "ldm_text"  # the LAION text-to-image LDM (diffusers' ldm-text2im layout)
     return "stable_diffusion"
 
 

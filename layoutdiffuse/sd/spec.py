@@ -7,6 +7,8 @@ from typing import Any
 FOUNDATIONS = {
     "stable_diffusion": "Stable Diffusion 1.x / 2.x: text-conditioned UNet2DConditionModel, AutoencoderKL, CLIP text encoder",
     "ldm": "CompVis latent diffusion, unconditional UNet2DModel + VQModel (e.g. LDM CelebA-HQ 256)",
+    "ldm_text": "LAION text-to-image LDM (diffusers' ldm-text2im layout): UNet2DConditionModel, AutoencoderKL (vqvae/), "
+                "LDMBert text encoder (bert/) and BERT tokenizer",
 }
 
 #: allowed keys of ``adapt`` for a foundation, with example values for type checks (None = any)
