@@ -26,7 +26,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         config = set_override(config, assignment)
     validate(config)
     log.info("training %s -> %s", config["expt_name"], experiment_dir(config))
-    module = train(config, resume=args.resume)
+    train(config, resume=args.resume)
     out = experiment_dir(config)
     log.info("done: checkpoints in %s, sample grids in %s", out / "checkpoints", out / "images")
 

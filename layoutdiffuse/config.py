@@ -67,7 +67,8 @@ def validate(config: dict[str, Any]) -> None:
 
     from .data.registry import DATASETS
     from .nn import ATTN_BLOCKS, RES_BLOCKS, UNet
-    from .training.registry import TRAININGS, CALLBACK_KEYS
+    from .training.callbacks import CALLBACK_KEYS
+    from .training.registry import TRAININGS
 
     if not isinstance(config, dict):
         raise ConfigError(f"a config must be a JSON object, got {type_name(config)}")

@@ -23,12 +23,11 @@ from .data.registry import DATASETS
 from .files import save_safetensors
 from .nn import UNet
 from .sd.spec import is_foundation_config
-from .training.callbacks import ImageLogger
+from .training.callbacks import CKPT_KEY, build_callbacks, checkpoint_meta
 from .training.registry import TRAININGS
 from .errors import UserError, MissingFileError
 
 log = logging.getLogger(__name__)
-CKPT_KEY = "layoutdiffuse"
 
 
 def experiment_dir(config: dict[str, Any]) -> Path:
@@ -113,26 +112,10 @@ def build_module(config: dict[str, Any], model: UNet | None = None, architecture
     return cls(model, diffusion=process, image_shape=tuple(image_shape), seed=config.get("seed", 0), config=config, **kwargs)
 
 
-class SaveConfig(pl.Callback):
-    """Stores the config and the model architecture in every checkpoint (plain data only)."""
-
-    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
-        checkpoint[CKPT_KEY] = checkpoint_meta(pl_module)
-
-
-def checkpoint_meta(module: pl.LightningModule) -> dict[str, Any]:
-    """What a checkpoint needs to rebuild its module: config, architecture, image shape, class names."""
-    return {"config": module.config, "model": module.model.config, "image_shape": list(module.image_shape), "class_names": list(getattr(module, "class_names", None) or [])}
-
-
 def build_trainer(config: dict[str, Any], class_names: list[str] | None = None, **overrides: Any) -> pl.Trainer:
     out = experiment_dir(config)
     cb = config.get("callbacks", {})
-    ckpt_args = {"save_last": True, "save_top_k": -1, **cb.get("checkpoint", {})}
-    callbacks: list[pl.Callback] = [SaveConfig(), pl.callbacks.ModelCheckpoint(dirpath=out / "checkpoints", filename="step_{step:06d}", auto_insert_metric_name=False, **ckpt_args)]
-    images = dict(cb.get("images", {}))
-    if images:
-        callbacks.append(ImageLogger(out / "images", class_names=class_names, **images))
+    callbacks = build_callbacks(cb, out, class_names)
     loggers: list[Any] = [pl.loggers.CSVLogger(out, name="logs", version="")]
     wandb = cb.get("wandb", {})
     if wandb.get("enabled"):

@@ -13,8 +13,6 @@ from scipy.special import ndtr
 
 from layoutdiffuse.diffusion import GaussianDiffusion
 from layoutdiffuse.diffusion.improved import (
-
-pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is fastest (tests/conftest.py)
     approx_standard_normal_cdf,
     calc_bpd_loop,
     discretized_gaussian_log_likelihood,
@@ -23,6 +21,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is
     prior_bpd,
     vlb_terms,
 )
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is fastest (tests/conftest.py)
 
 LN2 = math.log(2)
 

@@ -15,8 +15,9 @@ from layoutdiffuse.layout import LayoutError, pad_layouts
 from layoutdiffuse.nn import adaptor as adaptor_mod
 from layoutdiffuse.nn.adaptor import (LayoutAttention, box_prompt_map, mask_prompt_map, rasterize_boxes,
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is fastest (tests/conftest.py)
                                       subsample_mask)
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is fastest (tests/conftest.py)
 
 NUM_CLASSES = 6
 EMBED = 8
