@@ -14,7 +14,6 @@ import torch.nn.functional as F
 from layoutdiffuse.layout import LayoutError, pad_layouts
 from layoutdiffuse.nn import adaptor as adaptor_mod
 from layoutdiffuse.nn.adaptor import (LayoutAttention, box_prompt_map, mask_prompt_map, rasterize_boxes,
-
                                       subsample_mask)
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is fastest (tests/conftest.py)
