@@ -121,7 +121,7 @@ def test_every_key_of_a_published_checkpoint_maps_once_onto_its_foundation(name)
     import diffusers
 
     from layoutdiffuse.release import architecture, build_release_unet, convert_release_unet, read_release_config
-    from layoutdiffuse.release.export import _check_foundation_unet
+    from layoutdiffuse.release.export import check_foundation_unet
     from layoutdiffuse.release.published import foundation_unet, release_config
     from layoutdiffuse.sd.layout_unet import plain_config
 
@@ -130,7 +130,7 @@ def test_every_key_of_a_published_checkpoint_maps_once_onto_its_foundation(name)
     cls, config = foundation_unet(name)
     with torch.device("meta"):
         found = getattr(diffusers, cls).from_config(config)
-    _check_foundation_unet(arch["unet"], plain_config(found.config), Path(name))  # same architecture as the real foundation
+    check_foundation_unet(arch["unet"], plain_config(found.config), Path(name))  # same architecture as the real foundation
     fitted = {**arch, "unet": plain_config(found.config)}
     model = build_release_unet(fitted, device="meta")
     converted = convert_release_unet(state, fitted, model)  # raises unless every model key is filled, shapes equal

@@ -144,7 +144,6 @@ def convert_foundation_keys(rest: dict[str, torch.Tensor], cls_name: str, config
             raise UserError(f"release UNet: {what}") from None
     from diffusers.loaders.single_file_utils import LDM_UNET_KEY, convert_ldm_unet_checkpoint
 
-    logging.getLogger("diffusers").setLevel(logging.ERROR)
     out = convert_ldm_unet_checkpoint({LDM_UNET_KEY + k: v for k, v in rest.items()}, dict(config))
     by_id: dict[int, list[str]] = {}
     for key, value in out.items():

@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 from ..errors import MissingFileError, UserError
 from .checkpoint import read_release_state_dict
 from .classes import CLASS_TABLES
-from .config import architecture, diffusion_config, is_text_model, read_release_config
+from .config import architecture, diffusion_config, read_release_config
 from .convert import convert_release_unet
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def _same(value: Any) -> Any:
     return list(value) if isinstance(value, (list, tuple)) else value
 
 
-def _check_foundation_unet(release_unet: Mapping[str, Any], found: Mapping[str, Any], where: Path) -> None:
+def check_foundation_unet(release_unet: Mapping[str, Any], found: Mapping[str, Any], where: Path) -> None:
     diff = {k: (release_unet.get(k), found.get(k)) for k in ARCH_FIELDS if _same(release_unet.get(k)) != _same(found.get(k))}
     if diff:
         raise UserError(f"the release model and the foundation UNet at {where} differ in {diff} (release vs foundation); "
@@ -110,7 +110,7 @@ def build_converted_module(ckpt: str | Path, config: str | Path | Mapping[str, A
                "data": {"image_size": size * DOWNSCALE[kind]}, "release": source}
         module = build_foundation_module(cfg)
         found_unet = plain_config(module.model.unet.config)
-        _check_foundation_unet(arch["unet"], found_unet, folder)
+        check_foundation_unet(arch["unet"], found_unet, folder)
         if tuple(module.image_shape[1:]) != (size, size):
             raise UserError(f"the foundation's latents are {tuple(module.image_shape[1:])} for {size * DOWNSCALE[kind]} px, "
                             f"the release model's are {size}x{size}")
