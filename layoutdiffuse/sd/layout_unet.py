@@ -23,6 +23,11 @@ second softmax over the prompt keys scaled by a zero-initialised per-head gate,
 layer's output projection. (Concatenating the prompts into one softmax would move softmax mass to
 them even with a zero projection; the gate keeps the start exact and still gets a gradient from
 the first step.)
+
+The original release's forms are options, so its checkpoints load exactly
+(:mod:`layoutdiffuse.release`): ``task_prompt_form="concat"`` (per-layer prompts concatenated to the
+text context, one softmax; ``image_in_kv`` appends the projected image tokens too,
+:class:`ConcatTaskPrompt`), ``mask_pick="centre"`` and ``mid_block=False``.
 """
 from __future__ import annotations
 
