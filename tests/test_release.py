@@ -345,3 +345,28 @@ def test_convert_onto_a_laion_ldm_folder_then_sample_with_prompts(tmp_path):
     images, _ = sample([{"label": "2", "box": [0.0, 0.5, 0.5, 0.5]}], n=1, ckpt=module, steps=2, prompt="a cat on the grass",
                        negative_prompt="blurry")
     assert images.shape == (1, 3, 64, 64) and torch.isfinite(images).all()
+
+
+def test_convert_a_mask_model_onto_an_ldm_folder_then_sample_a_mask(tmp_path):
+    import diffusers
+
+    from layoutdiffuse.experiment import load_checkpoint
+    from layoutdiffuse.release import architecture, read_release_config
+    from layoutdiffuse.release.export import convert_release
+
+    name = "celeb_mask"
+    unet = architecture(read_release_config(RELEASE / f"{name}.json"))["unet"]
+    torch.manual_seed(0)
+    diffusers.UNet2DModel(**unet).save_pretrained(tmp_path / "ldm" / "unet")
+    diffusers.VQModel(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+                      block_out_channels=(8, 8, 8), latent_channels=3, num_vq_embeddings=16, vq_embed_dim=3, norm_num_groups=8,
+                      layers_per_block=1, sample_size=64).save_pretrained(tmp_path / "ldm" / "vqvae")
+    module = load_checkpoint(convert_release(RELEASE / f"{name}.ckpt", RELEASE / f"{name}.json", tmp_path / "c.safetensors",
+                                             foundation=tmp_path / "ldm"))
+    assert module.config["adapt"]["foundation"] == "ldm" and module.image_shape == (3, 16, 16)
+    io = load_file(str(RELEASE / f"{name}.io.safetensors"))
+    with torch.no_grad():
+        eps = module.model(io["x"], io["t"], cond_of(io))
+    assert rel_err(eps, io["eps"]) < TOL
+    images = module.sample(1, cond={"mask": io["mask"][:1]}, steps=2)
+    assert images.shape == (1, 3, 64, 64) and torch.isfinite(images).all()
