@@ -7,11 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import sys
-import time
-from pathlib import Path
-from typing import Any
 from .errors import UserError
 
 log = logging.getLogger("layoutdiffuse")

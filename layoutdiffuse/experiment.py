@@ -17,7 +17,6 @@ import torch
 from torch.utils.data import DataLoader
 
 from .config import validate
-from .schema import ConfigError
 from .data.loader import ResumableDataLoader
 from .data.registry import DATASETS
 from .files import save_safetensors

@@ -45,7 +45,6 @@
 # untrained model; run without the switch for real ones.
 
 # %%
-import os
 import time
 from pathlib import Path
 
@@ -54,14 +53,14 @@ import torch
 
 from layoutdiffuse.data.mnist import mnist_test_images
 from layoutdiffuse.evaluation.bits_per_dim import bits_per_dim
+from layoutdiffuse.notebook_helpers import QUICK, repo_root
 from layoutdiffuse.sampling import timed_samples
 from layoutdiffuse.config import load_config
 from layoutdiffuse.evaluation import FeatureFID, load_digit_classifier
 from layoutdiffuse.experiment import load_checkpoint, train
 from layoutdiffuse.visualize import grid
 
-QUICK = os.environ.get("LAYOUTDIFFUSE_QUICK") == "1"
-REPO = Path("..") if Path("../configs").is_dir() else Path(".")
+REPO = repo_root()
 torch.manual_seed(0)
 if QUICK:  # batches of 2-32 gain nothing from intra-op threads, and lose a lot on a busy shared CPU
     torch.set_num_threads(1)

@@ -1,7 +1,7 @@
 """Every layout dataset feeds a layout model: one training step of a tiny adapted UNet per loader.
 
 COCO-stuff, Visual Genome and CelebAMask-HQ come from fixtures in their true on-disk formats
-(tests/fixtures_layout_data.py), Layout-MNIST from MNIST. Datasets are built through the
+(layoutdiffuse/data/fixtures.py), Layout-MNIST from MNIST. Datasets are built through the
 ``DATASETS`` registry (as configs do); the step checks that the loss is finite, that the
 adaptor's zero-initialised outputs get gradients, and that the batch's classes reach exactly
 their rows of the instance-prompt table.
@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from fixtures_layout_data import VG_PARAMS, write_celebamask, write_coco, write_visual_genome
+from layoutdiffuse.data.fixtures import VG_PARAMS, write_celebamask, write_coco, write_visual_genome
 from layoutdiffuse.config import validate
 from layoutdiffuse.data.celebmask import merge_celebamask
 from layoutdiffuse.layout import IGNORE, validate_layout

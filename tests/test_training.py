@@ -1,6 +1,7 @@
 """Training: a tiny model overfits, and resume is exact."""
 import csv
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,6 +9,8 @@ import torch
 from layoutdiffuse.experiment import load_checkpoint, read_checkpoint, train
 from layoutdiffuse.nn import UNet
 from layoutdiffuse.training import DDPMTraining
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def test_tiny_model_overfits_a_handful_of_images():
@@ -35,7 +38,7 @@ def test_tiny_model_overfits_a_handful_of_images():
 
 
 def tiny_config(tmp_path, root, name, max_steps):
-    config = json.loads(open("configs/mnist.json").read())
+    config = json.loads(open(CONFIGS / "mnist.json").read())
     config.update(expt_name=name, expt_dir=str(tmp_path))
     config["denoising_model"].update(base_channel=8, channel_mult=[1, 2], attn_levels=[1])
     config["data"].update(root=str(root), limit=24, batch_size=8, num_workers=0, image_size=16)
