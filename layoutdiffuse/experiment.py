@@ -22,7 +22,8 @@ from .data.registry import DATASETS
 from .files import save_safetensors
 from .nn import UNet
 from .sd.spec import is_foundation_config
-from .training.callbacks import ImageLogger
+from .training.callbacks import ImageLogger, LastCheckpointAtEnd
+from .training.progress import ProgressLog, StepProgressBar, interactive
 from .training.registry import TRAININGS
 from .errors import UserError, MissingFileError
 
@@ -116,7 +117,8 @@ def build_trainer(config: dict[str, Any], class_names: list[str] | None = None, 
     out = experiment_dir(config)
     cb = config.get("callbacks", {})
     ckpt_args = {"save_last": True, "save_top_k": -1, **cb.get("checkpoint", {})}
-    callbacks: list[pl.Callback] = [SaveConfig(), pl.callbacks.ModelCheckpoint(dirpath=out / "checkpoints", filename="step_{step:06d}", auto_insert_metric_name=False, **ckpt_args)]
+    checkpoint = pl.callbacks.ModelCheckpoint(dirpath=out / "checkpoints", filename="step_{step:06d}", auto_insert_metric_name=False, **ckpt_args)
+    callbacks: list[pl.Callback] = [SaveConfig(), checkpoint, LastCheckpointAtEnd(checkpoint)]
     images = dict(cb.get("images", {}))
     if images:
         callbacks.append(ImageLogger(out / "images", class_names=class_names, **images))
@@ -125,6 +127,11 @@ def build_trainer(config: dict[str, Any], class_names: list[str] | None = None, 
     if wandb.get("enabled"):
         loggers.append(pl.loggers.WandbLogger(project=wandb.get("project", "layoutdiffuse"), name=config["expt_name"], save_dir=str(out), offline=wandb.get("mode", "offline") == "offline", entity=wandb.get("entity")))
     args = {"max_steps": 1000, "log_every_n_steps": 10, "enable_model_summary": False, "logger": loggers, **config.get("trainer_args", {}), **overrides}
+    # a live reader gets the step bar; redirected output gets periodic log lines instead of bar redraws
+    show_bar = args.get("enable_progress_bar", True) and interactive()
+    args["enable_progress_bar"] = show_bar
+    callbacks += [StepProgressBar()] if show_bar else []
+    callbacks.append(ProgressLog(periodic=not show_bar))
     return pl.Trainer(default_root_dir=str(out), callbacks=callbacks, **args)
 
 

@@ -68,3 +68,22 @@ class ImageLogger(pl.Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero:
             self.log_images(trainer, pl_module)
+
+
+class LastCheckpointAtEnd(pl.Callback):
+    """Writes ``last.ckpt`` when training ends between two of ``ModelCheckpoint``'s saves (a run
+    stopped by ``max_time``), so the last checkpoint always holds the final weights."""
+
+    def __init__(self, checkpoint: pl.callbacks.ModelCheckpoint):
+        self.checkpoint = checkpoint
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        ckpt = self.checkpoint
+        if not ckpt.save_last or ckpt.dirpath is None or trainer.global_step == 0:
+            return
+        path = Path(ckpt.dirpath) / f"{ckpt.CHECKPOINT_NAME_LAST}{ckpt.FILE_EXTENSION}"
+        if ckpt.last_model_path and Path(ckpt.last_model_path) == path and getattr(ckpt, "_last_global_step_saved", -1) == trainer.global_step:
+            return
+        trainer.save_checkpoint(path)
+        ckpt.last_model_path = str(path)
+        log.info("wrote the final checkpoint %s (step %d)", path, trainer.global_step)
