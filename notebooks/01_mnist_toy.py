@@ -21,7 +21,9 @@
 #
 # **Quick mode.** `LAYOUTDIFFUSE_QUICK=1` (what CI's nbval sets) shrinks every size and step count
 # so the notebook runs in a minute or two on a CPU; without it you get the real settings of
-# `configs/mnist.json` (about 6 minutes on 2 CPU cores, seconds on a GPU).
+# `configs/mnist.json`, the config of `make demo`: 28x28 digits, v-prediction with min-SNR loss
+# weighting, trained for a fixed time budget (`trainer_args.max_time`, 8 minutes on any machine)
+# with a cosine learning rate that follows that budget.
 # MNIST is read from `$LAYOUTDIFFUSE_DATA/MNIST` (default `~/data`); fetch it with
 # `python data_scripts/download_mnist.py`.
 
@@ -51,7 +53,8 @@ if QUICK:
     config["diffusion"]["lr_scheduler"].update(warmup_steps=5, total_steps=40)
     config["data"].update(limit=512, num_workers=0)
     config["callbacks"] = {}
-print("quick mode" if QUICK else "full settings", "| steps:", config["trainer_args"]["max_steps"])
+SIZE = config["data"]["image_size"]
+print("quick mode" if QUICK else "full settings", "| steps:", config["trainer_args"]["max_steps"], "| time budget:", config["trainer_args"].get("max_time"))
 
 
 def show(img, title=None, size=6):
@@ -69,7 +72,7 @@ def show(img, title=None, size=6):
 # column a timestep of the linear schedule (β from 1e-4 to 0.02 over 1000 steps).
 
 # %%
-train_set = DATASETS.get("mnist")(split="train", image_size=32, limit=config["data"].get("limit"))
+train_set = DATASETS.get("mnist")(split="train", image_size=SIZE, limit=config["data"].get("limit"))
 diffusion = GaussianDiffusion(**{k: v for k, v in config["diffusion"].items() if k in ("schedule", "num_timesteps", "prediction")})
 x0 = torch.stack([train_set[i][0] for i in range(6)])
 ts = [0, 50, 100, 200, 400, 700, 999]
@@ -93,7 +96,7 @@ class DDPM_MNIST(DDPMTraining):
 model = UNet(**config["denoising_model"])
 process = {k: v for k, v in config["diffusion"].items() if k in DDPMTraining.PROCESS_KEYS and k != "training"}
 training_args = {k: v for k, v in config["diffusion"].items() if k not in DDPMTraining.PROCESS_KEYS}
-module = DDPM_MNIST(model, diffusion=process, image_shape=(1, 32, 32), config=config, **training_args)
+module = DDPM_MNIST(model, diffusion=process, image_shape=(1, SIZE, SIZE), config=config, **training_args)
 print(f"UNet parameters: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M")
 
 # %% [markdown]
@@ -103,7 +106,7 @@ print(f"UNet parameters: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} 
 
 # %%
 pl.seed_everything(0, verbose=False)
-datasets = {"train": train_set, "val": DATASETS.get("mnist")(split="val", image_size=32, limit=256)}
+datasets = {"train": train_set, "val": DATASETS.get("mnist")(split="val", image_size=SIZE, limit=256)}
 loaders = build_loaders(config, datasets)
 trainer = build_trainer(config, enable_progress_bar=not QUICK)
 trainer.fit(module, loaders["train"], loaders["val"])
@@ -118,7 +121,7 @@ rows = list(csv.DictReader(open(experiment_dir(config) / "logs" / "metrics.csv")
 steps = [int(r["step"]) for r in rows if r.get("train/loss")]
 losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
 plt.plot(steps, losses)
-plt.xlabel("step"); plt.ylabel("L_simple (eps MSE)"); plt.yscale("log"); plt.title("training loss"); plt.show()
+plt.xlabel("step"); plt.ylabel(f"{config['diffusion']['prediction']} MSE, {config['diffusion'].get('loss_weighting', 'uniform')} weighting"); plt.yscale("log"); plt.title("training loss"); plt.show()
 assert sum(losses[-3:]) < sum(losses[:3]), "the loss should fall"
 
 # %% [markdown]
