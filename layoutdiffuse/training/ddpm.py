@@ -40,8 +40,7 @@ def min_snr_weights(diffusion: GaussianDiffusion, t: torch.Tensor, gamma: float)
     the weight ``min(SNR, gamma) / SNR`` (eps), ``min(SNR, gamma)`` (x0), ``min(SNR, gamma) / (SNR + 1)``
     (v) makes every target's loss ``min(SNR, gamma) |x0 - x0_hat|^2``.
     """
-    abar = diffusion.alphas_cumprod[t]
-    snr = abar / (1 - abar)
+    snr = (diffusion.sqrt_alphas_cumprod[t] / diffusion.sqrt_one_minus_alphas_cumprod[t]) ** 2  # accurate near t = 0
     clamped = snr.clamp(max=gamma)
     return {"eps": clamped / snr, "x0": clamped, "v": clamped / (snr + 1)}[diffusion.prediction]
 
