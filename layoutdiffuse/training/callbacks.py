@@ -84,6 +84,6 @@ class LastCheckpointAtEnd(pl.Callback):
         path = Path(ckpt.dirpath) / f"{ckpt.CHECKPOINT_NAME_LAST}{ckpt.FILE_EXTENSION}"
         if ckpt.last_model_path and Path(ckpt.last_model_path) == path and getattr(ckpt, "_last_global_step_saved", -1) == trainer.global_step:
             return
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)  # a full checkpoint, resumable like ModelCheckpoint's
         ckpt.last_model_path = str(path)
         log.info("wrote the final checkpoint %s (step %d)", path, trainer.global_step)

@@ -150,6 +150,7 @@ class ProgressLog(pl.Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.start, self.first, self.eta_logged, self.last_line = self.clock(), None, False, None
+        self.last_step_end = self.start
         self.start_step = trainer.global_step
         budget = time_budget(trainer)
         limits = [f"{trainer.max_steps} steps"] if trainer.max_steps and trainer.max_steps > 0 else []
@@ -163,7 +164,7 @@ class ProgressLog(pl.Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         now, step = self.clock(), trainer.global_step
-        self.images_per_step = batch_size(batch) * trainer.world_size
+        self.images_per_step, self.last_step_end = batch_size(batch) * trainer.world_size, now
         if self.first is None:
             self.first = (now, step)
             return
@@ -195,4 +196,5 @@ class ProgressLog(pl.Callback):
             reason = "time budget (max_time) used"
         else:
             reason = "stopped"
-        log.info("trained %d steps (%d images) in %s: %s", steps, steps * self.images_per_step, format_seconds(self.clock() - self.start), reason)
+        trained = (self.last_step_end if steps else self.start) - self.start  # up to the last step's end (final grids excluded)
+        log.info("trained %d steps (%d images) in %s: %s", steps, steps * self.images_per_step, format_seconds(trained), reason)
