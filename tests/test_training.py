@@ -1,6 +1,7 @@
 """Training: a tiny model overfits, and resume is exact."""
 import csv
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,6 +9,8 @@ import torch
 from layoutdiffuse.experiment import load_checkpoint, read_checkpoint, train
 from layoutdiffuse.nn import UNet
 from layoutdiffuse.training import DDPMTraining
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def test_tiny_model_overfits_a_handful_of_images():
@@ -35,7 +38,7 @@ def test_tiny_model_overfits_a_handful_of_images():
 
 
 def tiny_config(tmp_path, root, name, max_steps):
-    config = json.loads(open("configs/mnist.json").read())
+    config = json.loads(open(CONFIGS / "mnist.json").read())
     config.update(expt_name=name, expt_dir=str(tmp_path))
     config["denoising_model"].update(base_channel=8, channel_mult=[1, 2], attn_levels=[1])
     config["data"].update(root=str(root), limit=24, batch_size=8, num_workers=0, image_size=16)
@@ -125,3 +128,38 @@ def test_loss_weighting_is_checked():
         DDPMTraining(model, {"num_timesteps": 100}, loss_weighting="snr")
     with pytest.raises(UserError, match="min_snr_gamma must be > 0"):
         DDPMTraining(model, {"num_timesteps": 100}, loss_weighting="min_snr", min_snr_gamma=0)
+
+
+VALIDATION_LOSS = """
+import torch
+from layoutdiffuse.nn import UNet
+from layoutdiffuse.training import DDPMTraining
+torch.manual_seed(0)
+model = UNet(1, 1, base_channel=8, channel_mult=[1], num_res_blocks=1, attn_levels=[])
+module = DDPMTraining(model, {"num_timesteps": 100}, image_shape=(1, 8, 8), ema_decay=0)
+module.log = lambda *args, **kwargs: None
+images = torch.linspace(-1, 1, 2 * 64).reshape(2, 1, 8, 8)
+with torch.no_grad():
+    print(repr([module.shared_step(images, mode)["loss"].item() for mode in ("val", "test")]))
+"""
+
+
+def test_validation_noise_is_the_same_in_every_process():
+    """Validation/test noise comes from fixed generator offsets, not from ``hash(str)``, which Python
+    salts per process (PYTHONHASHSEED)."""
+    import os
+    import subprocess
+    import sys
+
+    import contextlib
+    import io
+
+    here = io.StringIO()
+    with contextlib.redirect_stdout(here):
+        exec(VALIDATION_LOSS, {})
+    salt = "1" if os.environ.get("PYTHONHASHSEED") != "1" else "2"  # another salt than this process's
+    there = subprocess.run([sys.executable, "-c", VALIDATION_LOSS], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": salt}).stdout
+    assert here.getvalue() == there
+    val, test = eval(there)
+    assert val != test  # each stage draws its own noise

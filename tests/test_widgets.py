@@ -3,6 +3,7 @@ layout tensor, sampling through the button, saving, and errors shown as messages
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,19 +17,15 @@ from layoutdiffuse.layout_file import load_layout  # noqa: E402
 from layoutdiffuse.nn import UNet  # noqa: E402
 from layoutdiffuse.widgets import MIN_SIZE, LayoutSampler, clamp_box  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is fastest (tests/conftest.py)
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
 CLASSES = [str(i) for i in range(10)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_config():
-    config = json.load(open("configs/layout_mnist_foundation.json"))
+    config = json.load(open(CONFIGS / "layout_mnist_foundation.json"))
     config["denoising_model"].update(base_channel=8)
     config["diffusion"]["sampling"].update(steps=3, guidance=2.0)
     return config
