@@ -40,11 +40,12 @@ class SaveConfig(pl.Callback):
 
 def build_callbacks(sections: dict[str, Any], out_dir: Path, class_names: list[str] | None = None) -> list[pl.Callback]:
     """The callbacks of a config's ``callbacks`` sections for an experiment folder ``out_dir``: the
-    metadata writer, step checkpoints in ``out_dir/checkpoints`` and, when configured, sample grids in
+    metadata writer, step checkpoints in ``out_dir/checkpoints`` (``last.ckpt`` also when ``max_time``
+    ends a run between two of them) and, when configured, sample grids in
     ``out_dir/images``. (``wandb`` is a logger, built by :func:`layoutdiffuse.experiment.build_trainer`.)"""
     ckpt_args = {"save_last": True, "save_top_k": -1, **sections.get("checkpoint", {})}
-    callbacks: list[pl.Callback] = [SaveConfig(), pl.callbacks.ModelCheckpoint(
-        dirpath=out_dir / "checkpoints", filename="step_{step:06d}", auto_insert_metric_name=False, **ckpt_args)]
+    checkpoint = pl.callbacks.ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="step_{step:06d}", auto_insert_metric_name=False, **ckpt_args)
+    callbacks: list[pl.Callback] = [SaveConfig(), checkpoint, LastCheckpointAtEnd(checkpoint)]
     images = dict(sections.get("images", {}))
     if images:
         callbacks.append(ImageLogger(out_dir / "images", class_names=class_names, **images))

@@ -237,7 +237,7 @@ class DDPMTraining(pl.LightningModule):
             if step < warmup:
                 return (step + 1) / warmup
             if name == "cosine":
-                done = (step - warmup) / max(1, total - warmup) if total else training_fraction(self.trainer)
+                done = (step - warmup) / max(1, total - warmup) if total else training_fraction(self._trainer)  # None before fit: 0
                 return 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
             return 1.0
 
