@@ -23,6 +23,7 @@ from .files import save_safetensors
 from .nn import UNet
 from .sd.spec import is_foundation_config
 from .training.callbacks import CKPT_KEY, build_callbacks, checkpoint_meta
+from .training.progress import ProgressLog, StepProgressBar, interactive
 from .training.registry import TRAININGS
 from .errors import UserError, MissingFileError
 
@@ -120,6 +121,11 @@ def build_trainer(config: dict[str, Any], class_names: list[str] | None = None, 
     if wandb.get("enabled"):
         loggers.append(pl.loggers.WandbLogger(project=wandb.get("project", "layoutdiffuse"), name=config["expt_name"], save_dir=str(out), offline=wandb.get("mode", "offline") == "offline", entity=wandb.get("entity")))
     args = {"max_steps": 1000, "log_every_n_steps": 10, "enable_model_summary": False, "logger": loggers, **config.get("trainer_args", {}), **overrides}
+    # a live reader gets the step bar; redirected output gets periodic log lines instead of bar redraws
+    show_bar = args.get("enable_progress_bar", True) and interactive()
+    args["enable_progress_bar"] = show_bar
+    callbacks += [StepProgressBar()] if show_bar else []
+    callbacks.append(ProgressLog(periodic=not show_bar))
     return pl.Trainer(default_root_dir=str(out), callbacks=callbacks, **args)
 
 
