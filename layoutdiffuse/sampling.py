@@ -3,12 +3,15 @@
     images, layouts = layoutdiffuse.sample(layout=[{"label": "7", "box": [0.1, 0.1, 0.5, 0.8]}], n=8)
 
 The default checkpoint is the shipped Layout-MNIST LayoutDiffuse model
-(``layoutdiffuse/weights/layout_mnist.safetensors``).
+(``layoutdiffuse/weights/layout_mnist.safetensors``). Every batched draw in the package (this
+one-liner, ``evaluate``, the benchmarks, the notebooks) goes through :func:`sample_batched`, whose
+seeding rule makes image ``i`` independent of the batch size: the batch that starts at image ``i``
+uses a generator seeded ``seed + i``.
 """
 from __future__ import annotations
 
 import numbers
-from functools import lru_cache
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,20 +26,16 @@ from .errors import UserError, MissingFileError
 SHIPPED_MODEL = Path(__file__).parent / "weights" / "layout_mnist.safetensors"
 
 
-@lru_cache(maxsize=4)
-def _load(path: str) -> pl.LightningModule:
+def load_model(ckpt: str | Path | None = None) -> pl.LightningModule:
+    """A ready-to-sample module of its own (callers may move or change it); ``None`` = the shipped
+    Layout-MNIST model."""
     from .experiment import load_checkpoint
 
-    return load_checkpoint(path)
-
-
-def load_model(ckpt: str | Path | None = None) -> pl.LightningModule:
-    """A ready-to-sample module (cached per path); ``None`` = the shipped Layout-MNIST model."""
     path = Path(ckpt) if ckpt is not None else SHIPPED_MODEL
     if not path.exists():
         hint = " (the shipped model is missing from this install)" if ckpt is None else ""
         raise MissingFileError(f"checkpoint {path} does not exist{hint}")
-    return _load(str(path.resolve()))
+    return load_checkpoint(path)
 
 
 def is_layout_model(module: pl.LightningModule) -> bool:
@@ -57,7 +56,40 @@ def as_layout(layout: Any, class_names: list[str]) -> torch.Tensor:
     return parse_layout(layout, class_names)
 
 
-#: images per model call; larger ``n`` are drawn in batches of this size from one generator
+def sample_batched(module: pl.LightningModule, n: int, layouts: torch.Tensor | None = None, seed: int = 0,
+                   batch_size: int = 250, progress: bool = False, **sampling: Any) -> torch.Tensor:
+    """``n`` samples ``(n, C, H, W)`` in [-1, 1] on the CPU, drawn ``batch_size`` at a time.
+
+    ``layouts``: ``(n, N, 5)`` box layouts (row ``i`` conditions image ``i``) or ``None``
+    (unconditional). The batch starting at image ``i`` draws from a generator seeded ``seed + i``,
+    so a sample does not depend on the batch size or on what ran before. ``sampling``: ``sampler``,
+    ``steps``, ``guidance``, ... (``None`` = the module's setting).
+    """
+    if batch_size < 1:
+        raise UserError(f"batch_size must be >= 1, got {batch_size}")
+    if layouts is not None and len(layouts) != n:
+        raise UserError(f"got {len(layouts)} layouts for {n} samples; give one layout per sample")
+    opts = {k: v for k, v in sampling.items() if v is not None}
+    chunks = []
+    for i in range(0, n, batch_size):
+        size = min(batch_size, n - i)
+        g = torch.Generator(device=module.device).manual_seed(seed + i)
+        cond = None if layouts is None else {"layout": layouts[i : i + size].to(module.device)}
+        chunks.append(module.sample(size, cond=cond, generator=g, progress=progress, **opts).cpu())
+    return torch.cat(chunks)
+
+
+def timed_samples(module: pl.LightningModule, n: int, sampler: str | None = None, steps: int | None = None, seed: int = 0,
+                  batch_size: int = 250) -> tuple[torch.Tensor, float]:
+    """:func:`sample_batched` (unconditional) and the wall seconds it took (the GPU synchronised)."""
+    start = time.perf_counter()
+    images = sample_batched(module, n, seed=seed, batch_size=batch_size, sampler=sampler, steps=steps)
+    if module.device.type == "cuda":
+        torch.cuda.synchronize()
+    return images, time.perf_counter() - start
+
+
+#: images per model call in :func:`sample`
 BATCH_SIZE = 64
 
 
@@ -77,8 +109,8 @@ def sample(
 
     ``layout``: ``None`` / ``[]`` (unconditional: the empty layout), a layout file path, a list of
     ``{"label", "box"}`` objects, a tensor ``(N, 5)``, or a batch ``(B, N, 5)`` (then ``n`` is ``B``).
-    Unset sampler options use the model's defaults. Images are drawn ``batch_size`` at a time from
-    one seeded generator, so any ``n`` fits in memory.
+    Unset sampler options use the model's defaults. Images are drawn ``batch_size`` at a time
+    (:func:`sample_batched`, with its seeding rule), so any ``n`` fits in memory.
     """
     for name, value in (("n", n), ("batch_size", batch_size)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1):
@@ -88,14 +120,11 @@ def sample(
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**63:
         raise UserError(f"seed must be an integer in [0, 2**63), got {seed!r}")
     module = ckpt if isinstance(ckpt, pl.LightningModule) else load_model(ckpt)
-    opts = {k: v for k, v in dict(sampler=sampler, steps=steps, guidance=guidance).items() if v is not None}
-    g = torch.Generator(device=module.device).manual_seed(seed)
+    opts = dict(sampler=sampler, steps=steps, seed=seed, progress=progress)
     if not is_layout_model(module):
         if layout is not None and (not isinstance(layout, (list, tuple, torch.Tensor)) or len(layout)):
             raise UserError("this checkpoint is not a layout model; sample it without a layout")
-        n = 8 if n is None else int(n)
-        opts.pop("guidance", None)
-        return in_batches(lambda k, _: module.sample(k, generator=g, progress=progress, **opts), n, batch_size), None
+        return sample_batched(module, 8 if n is None else int(n), batch_size=batch_size, **opts).to(module.device), None
     rows = as_layout(layout, module.class_names or [str(i) for i in range(module.model.adaptor.num_classes)]).to(module.device)
     if rows.ndim == 3:
         if n is not None and n != len(rows):
@@ -103,11 +132,4 @@ def sample(
         layouts = rows
     else:
         layouts = rows[None].expand(8 if n is None else int(n), -1, -1)
-    images = in_batches(lambda k, i: module.sample(k, cond={"layout": layouts[i : i + k]}, generator=g, progress=progress, **opts),
-                        len(layouts), batch_size)
-    return images, layouts
-
-
-def in_batches(draw: Any, n: int, batch_size: int) -> torch.Tensor:
-    """``draw(k, start) -> (k, C, H, W)`` called for consecutive chunks of at most ``batch_size``, concatenated."""
-    return torch.cat([draw(min(batch_size, n - i), i) for i in range(0, n, batch_size)])
+    return sample_batched(module, len(layouts), layouts, guidance=guidance, batch_size=batch_size, **opts).to(module.device), layouts

@@ -155,7 +155,7 @@ def show_masks(batch, ds, title):
 
 # %% [markdown]
 # ## COCO-stuff 2017
-# Things and stuff boxes, 171 classes, filtered by the LostGAN / sg2im protocol (METHOD §7): stuff
+# Things and stuff boxes, 171 classes, filtered by the LostGAN / sg2im protocol (docs/method.md §7): stuff
 # "other" dropped, boxes must cover more than 2% of the image, 3–8 objects per image, crowd boxes
 # dropped. The validation split shown here has 3,097 images under this protocol. Images are
 # stretched to a square, so boxes keep their normalised coordinates.

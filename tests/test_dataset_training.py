@@ -23,18 +23,10 @@ from layoutdiffuse.nn import UNet
 from layoutdiffuse.nn.adaptor import is_adaptor_name
 from layoutdiffuse.training import DDPMTraining
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is fastest (tests/conftest.py)
+
 SIZE = 32
 CLASSES = {"coco_stuff": 171, "celebmask": 19, "layout_mnist": 10}  # visual_genome: the fixture's vocabulary (4)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These models are tiny: one intra-op thread is as fast, and on a busy 2-core machine two
-    spinning OpenMP threads made a step 10-100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
