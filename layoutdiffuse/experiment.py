@@ -216,6 +216,7 @@ def train(config: dict[str, Any], resume: str | Path | None = None, **trainer_ov
 
 
 def fit(trainer: pl.Trainer, module: pl.LightningModule, loaders: dict[str, DataLoader], config: dict[str, Any], resume: str | Path | None) -> None:
+    """``trainer.fit``, resuming from ``resume`` (a path or ``"last"``) after checking it loads safely."""
     ckpt_path = None
     if resume:
         ckpt_path = experiment_dir(config) / "checkpoints" / "last.ckpt" if str(resume) == "last" else Path(resume)
