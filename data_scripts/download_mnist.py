@@ -4,12 +4,12 @@
     python data_scripts/download_mnist.py              # download (torchvision mirrors)
     python data_scripts/download_mnist.py --from DIR   # unpack DIR/*-ubyte.gz (offline)
 
-Idempotent: files already present are kept.
+Idempotent: files already present are kept, except corrupt or truncated ones, which are replaced.
 """
 import argparse
 import logging
 
-from layoutdiffuse.data.mnist import install_mnist_archives, mnist
+from layoutdiffuse.data.mnist import corrupt_files, install_mnist_archives, mnist
 from layoutdiffuse.data.paths import data_root
 
 if __name__ == "__main__":
@@ -21,6 +21,9 @@ if __name__ == "__main__":
     if args.source:
         raw = install_mnist_archives(args.source, args.root)
     else:
+        for path in corrupt_files(data_root(args.root) / "MNIST" / "raw"):  # torchvision keeps any file that exists
+            logging.info("replacing corrupt %s", path)
+            path.unlink()
         mnist(train=True, root=args.root, download=True)
         mnist(train=False, root=args.root, download=True)
         raw = data_root(args.root) / "MNIST" / "raw"

@@ -27,12 +27,37 @@ def cmd_train(args: argparse.Namespace) -> None:
     log.info("done: checkpoints in %s, sample grids in %s", out / "checkpoints", out / "images")
 
 
+#: samples in one grid image (a larger grid would be a multi-gigabyte picture)
+MAX_GRID = 1024
+
+
+def check_output(path: str) -> None:
+    """Fail before sampling when ``path`` cannot be written (read-only file system, a file in the way)."""
+    import os
+
+    folder = Path(path).resolve().parent
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if Path(path).is_dir():
+        raise UserError(f"--out {path} is a folder; give a file name such as {Path(path) / 'samples.png'}")
+    if not existing.is_dir():
+        raise UserError(f"--out {path}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"--out {path}: cannot write in {existing} (read-only file system or no permission)")
+
+
 def cmd_sample(args: argparse.Namespace) -> None:
     import time
 
+    from .diffusion.guidance import check_guidance
     from .sampling import load_model, sample
     from .visualize import save_grid
 
+    if not 1 <= args.n <= MAX_GRID:
+        raise UserError(f"--n must be in [1, {MAX_GRID}] (samples in one grid image), got {args.n}; "
+                        "for more samples call layoutdiffuse.sample, which draws them in batches")
+    if args.guidance is not None:
+        check_guidance(args.guidance)
+    check_output(args.out)
     module = load_model(args.ckpt)
     start = time.perf_counter()
     images, layouts = sample(args.layout, n=args.n, ckpt=module, sampler=args.sampler, steps=args.steps, guidance=args.guidance, seed=args.seed, progress=True,

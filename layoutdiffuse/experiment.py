@@ -9,17 +9,22 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
+import pickle
+import re
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
 from .config import validate
+from .schema import ConfigError
 from .data.loader import ResumableDataLoader
 from .data.registry import DATASETS
-from .files import save_safetensors
+from .files import AtomicCheckpointIO, save_safetensors
 from .nn import UNet
 from .sd.spec import is_foundation_config
 from .training.callbacks import CKPT_KEY, build_callbacks, checkpoint_meta
@@ -31,7 +36,36 @@ log = logging.getLogger(__name__)
 
 
 def experiment_dir(config: dict[str, Any]) -> Path:
-    return Path(config.get("expt_dir", "experiments")) / config["expt_name"]
+    """``<expt_dir>/<expt_name>``. ``expt_dir`` is required: a run never writes into whatever folder
+    it happened to be started from."""
+    if "expt_dir" not in config:
+        raise ConfigError(f"config '{config.get('expt_name')}' has no 'expt_dir': say where its checkpoints and logs go, "
+                          'e.g. "expt_dir": "experiments" (or --set expt_dir=DIR)')
+    return Path(config["expt_dir"]) / config["expt_name"]
+
+
+@contextmanager
+def experiment_lock(out: Path) -> Iterator[None]:
+    """Hold ``<out>/.lock`` for a run: a second run of the same experiment folder refuses to start
+    while the first is alive (the lock dies with its process, even on SIGKILL)."""
+    import fcntl
+
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise UserError(f"experiment folder {out} is in use by a running training ({holder}); "
+                            "wait for it, or give this run another expt_name or expt_dir") from None
+        f.truncate(0)
+        f.write(f"pid {os.getpid()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -39,10 +73,21 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.exists():
         raise MissingFileError(f"checkpoint {path} does not exist")
+    if path.is_dir():
+        raise UserError(f"checkpoint {path} is a folder; give a .ckpt or .safetensors file")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:  # never echo torch's text: it advises loading the file unsafely
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        if found is None:  # not a pickle of objects: damaged, or not a checkpoint at all
+            reason = re.search(r"WeightsUnpickler error:\s*(.+)", str(err))
+            raise UserError(f"{path} is not a readable checkpoint (corrupted, or not a torch checkpoint)"
+                            + (f": {reason.group(1).strip()}" if reason else "")) from None
+        what = f" (it references {found.group(1)})"
+        raise UserError(f"{path} holds pickled Python objects{what}, not only tensors and plain data; it is refused because "
+                        "loading it could run code. Use a checkpoint written by layoutdiffuse, or a .safetensors export") from None
     except Exception as err:
-        raise UserError(f"{path} is not a readable checkpoint (corrupted, or not a torch checkpoint): {err}") from err
+        raise UserError(f"{path} is not a readable checkpoint (corrupted, or not a torch checkpoint): {err or type(err).__name__}") from err
     if not isinstance(ckpt, dict) or CKPT_KEY not in ckpt or "state_dict" not in ckpt:
         raise UserError(f"{path} is not a layoutdiffuse checkpoint (no '{CKPT_KEY}' entry); train one with `python -m layoutdiffuse train -c CONFIG`")
     return ckpt
@@ -75,6 +120,7 @@ def build_model(config: dict[str, Any]) -> UNet:
 
     spec = config["adapt"]
     ckpt = read_checkpoint(spec["foundation_ckpt"])
+    check_fits(Path(spec["foundation_ckpt"]), ckpt[CKPT_KEY]["model"], ckpt["state_dict"])
     foundation = UNet(**ckpt[CKPT_KEY]["model"])
     foundation.load_state_dict(sampling_state_dict(ckpt["state_dict"]))
     log.info("adapting foundation %s", spec["foundation_ckpt"])
@@ -126,7 +172,13 @@ def build_trainer(config: dict[str, Any], class_names: list[str] | None = None, 
     args["enable_progress_bar"] = show_bar
     callbacks += [StepProgressBar()] if show_bar else []
     callbacks.append(ProgressLog(periodic=not show_bar))
-    return pl.Trainer(default_root_dir=str(out), callbacks=callbacks, **args)
+    args["plugins"] = [AtomicCheckpointIO(), *(args.get("plugins") or [])]  # every checkpoint written atomically, on any file system
+    from lightning_fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        return pl.Trainer(default_root_dir=str(out), callbacks=callbacks, **args)
+    except MisconfigurationException as err:
+        raise ConfigError(f"config 'trainer_args' is refused by Lightning's Trainer: {err}") from None
 
 
 def keep_csv_history(trainer: pl.Trainer, before_step: int) -> None:
@@ -162,7 +214,15 @@ def train(config: dict[str, Any], resume: str | Path | None = None, **trainer_ov
     loaders = build_loaders(config, datasets)
     module = build_module(config)
     module.class_names = list(getattr(datasets["train"], "class_names", None) or [])
-    trainer = build_trainer(config, class_names=module.class_names or None, **trainer_overrides)
+    with experiment_lock(experiment_dir(config)):
+        trainer = build_trainer(config, class_names=module.class_names or None, **trainer_overrides)
+        fit(trainer, module, loaders, config, resume)
+    module.trainer_ref = trainer
+    return module
+
+
+def fit(trainer: pl.Trainer, module: pl.LightningModule, loaders: dict[str, DataLoader], config: dict[str, Any], resume: str | Path | None) -> None:
+    """``trainer.fit``, resuming from ``resume`` (a path or ``"last"``) after checking it loads safely."""
     ckpt_path = None
     if resume:
         ckpt_path = experiment_dir(config) / "checkpoints" / "last.ckpt" if str(resume) == "last" else Path(resume)
@@ -171,8 +231,6 @@ def train(config: dict[str, Any], resume: str | Path | None = None, **trainer_ov
         start_step = read_checkpoint(ckpt_path)["global_step"]  # a clear error for a foreign or corrupted file
         keep_csv_history(trainer, start_step)
     trainer.fit(module, loaders["train"], loaders["val"] if trainer.limit_val_batches else None, ckpt_path=ckpt_path, weights_only=True if ckpt_path else None)
-    module.trainer_ref = trainer
-    return module
 
 
 def export_weights(module: pl.LightningModule, path: str | Path, half: bool = True) -> Path:
@@ -193,7 +251,38 @@ def read_weights(path: Path, map_location: str | torch.device) -> dict[str, Any]
         raise UserError(f"{path} is not a readable safetensors file: {err}") from err
     if meta is None:
         raise UserError(f"{path} is not a layoutdiffuse export (no '{CKPT_KEY}' metadata)")
-    return {CKPT_KEY: json.loads(meta), "state_dict": state}
+    try:
+        meta = json.loads(meta)
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path}: its '{CKPT_KEY}' metadata is not valid JSON ({err})") from None
+    return {CKPT_KEY: meta, "state_dict": state}
+
+
+def describe(architecture: dict[str, Any]) -> str:
+    keys = ("base_channel", "channel_mult", "num_res_blocks", "attn_levels", "num_heads")
+    return "UNet(" + ", ".join(f"{k}={architecture[k]}" for k in keys if k in architecture) + (", layout adaptor)" if architecture.get("layout") else ")")
+
+
+def check_fits(path: Path, architecture: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> None:
+    """The checkpoint's sampling tensors must be exactly the UNet its metadata describes: same keys,
+    same shapes. The UNet is built on the ``meta`` device (no memory), so an architecture announcing
+    huge tensors is refused before anything is allocated."""
+    if not isinstance(architecture, dict):
+        raise UserError(f"checkpoint {path}: its model description must be an object, got {type(architecture).__name__}")
+    try:
+        with torch.device("meta"):
+            probe = UNet(**architecture)
+    except UserError as err:
+        raise UserError(f"checkpoint {path} describes an invalid model: {err}") from None
+    except TypeError as err:
+        raise UserError(f"checkpoint {path} describes a model this version cannot build: {err}") from None
+    want = {k: tuple(v.shape) for k, v in probe.state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in sampling_state_dict(state_dict).items() if not k.startswith("n_averaged")}
+    problems = [f"{k}: {list(have[k])} in the file, {list(want[k])} in the model" for k in want if k in have and have[k] != want[k]]
+    problems += [f"missing {k}" for k in want if k not in have] + [f"unexpected {k}" for k in have if k not in want]
+    if problems:
+        shown = "; ".join(problems[:4]) + (f"; ... ({len(problems)} keys in all)" if len(problems) > 4 else "")
+        raise UserError(f"checkpoint {path} does not fit the model it describes, {describe(architecture)}: {shown}")
 
 
 def model_from_architecture(arch: dict[str, Any]) -> torch.nn.Module:
@@ -217,7 +306,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     else:
         ckpt = read_checkpoint(path, map_location)
     meta = ckpt[CKPT_KEY]
+    if not (isinstance(meta, dict) and {"config", "model", "image_shape"} <= set(meta) and isinstance(meta["config"], dict)):
+        raise UserError(f"{path}: its '{CKPT_KEY}' entry must hold 'config', 'model' and 'image_shape'; the file is damaged or foreign")
     config = meta["config"]
+    if not is_foundation_config(config) and not (isinstance(meta["model"], dict) and "unet_class" in meta["model"]):  # the UNet's tensors checked before anything is allocated
+        check_fits(path, meta["model"], ckpt["state_dict"])
     module = build_module(config, architecture=meta["model"], image_shape=tuple(meta["image_shape"]))
     module.class_names = meta.get("class_names") or []
     state = ckpt["state_dict"]
@@ -227,7 +320,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             state["ema.n_averaged"] = torch.tensor(1)
         else:  # a module without EMA (ema_decay 0): the weights are its model's
             state = {k: v for k, v in state.items() if not k.startswith("ema.module.")}
-    missing, unexpected = module.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = module.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # size mismatches the UNet check above cannot see (foundation modules)
+        raise UserError(f"checkpoint {path} does not fit the model it describes: {str(err).splitlines()[-1].strip()}") from None
     if missing or unexpected:
         raise UserError(f"checkpoint {path} does not match its architecture: missing keys {missing[:10]}, unexpected keys {unexpected[:10]}")
     module.on_load_checkpoint(ckpt)

@@ -48,7 +48,8 @@ def validate_layout(layout: torch.Tensor, num_classes: int, tolerance: float = T
 
     Raises :class:`LayoutError` naming the first bad object and field: wrong shape, NaN/inf,
     non-positive size, a box leaving [0, 1] by more than ``tolerance``, a class outside
-    ``[0, num_classes)`` (padding rows, class -1, are skipped).
+    ``[0, num_classes)`` (padding rows, class -1, are skipped; any other negative class is refused,
+    never read as padding).
     """
     if not isinstance(layout, torch.Tensor):
         raise LayoutError(f"layout must be a tensor of shape (N, 5) or (B, N, 5), got {type(layout).__name__}")
@@ -66,6 +67,13 @@ def validate_layout(layout: torch.Tensor, num_classes: int, tolerance: float = T
             row = [round(v, 4) for v in batched[b, n].tolist()]
             raise LayoutError(f"{where}: field '{field}' {what} (row {row})")
 
+    cls = batched[..., 4]
+    negative = (cls < 0) & (cls != PAD)
+    if negative.any():
+        b, n = negative.nonzero()[0].tolist()
+        where = f"object {n}" if layout.ndim == 2 else f"image {b}, object {n}"
+        raise LayoutError(f"{where}: field 'class' must be an integer class in [0, {num_classes}), or {PAD} for a padding row; "
+                          f"got {cls[b, n].item():g} (row {[round(v, 4) for v in batched[b, n].tolist()]})")
     fail(~torch.isfinite(batched), "is NaN or infinite")
     fail(batched[..., 2:4] <= 0, "must be > 0 (box sizes are positive)", first_field=2)
     fail(batched[..., 0:2] < -tolerance, "must be >= 0 (boxes start inside the image)")

@@ -21,6 +21,8 @@ def parse_layout(objects: Any, class_names: Sequence[str]) -> torch.Tensor:
     """A list of ``{"label", "box"}`` objects -> validated layout ``(N, 5)``."""
     if not isinstance(objects, list):
         raise LayoutError(f"a layout is a JSON list of objects like {{\"label\": \"7\", \"box\": [x, y, w, h]}}, got {type(objects).__name__}")
+    if len(objects) > MAX_OBJECTS:
+        raise LayoutError(f"a layout holds at most {MAX_OBJECTS} objects, got {len(objects)}")
     rows = []
     for i, obj in enumerate(objects):
         if not isinstance(obj, dict) or set(obj) - {"label", "box"} or not {"label", "box"} <= set(obj):
@@ -40,15 +42,33 @@ def parse_layout(objects: Any, class_names: Sequence[str]) -> torch.Tensor:
     return validate_layout(layout, len(class_names))
 
 
+#: a layout file is a short hand-written list; anything larger is not one
+MAX_LAYOUT_BYTES = 1 << 20
+#: objects in one layout (the datasets have at most a few dozen)
+MAX_OBJECTS = 256
+
+
 def load_layout(path: str | Path, class_names: Sequence[str]) -> torch.Tensor:
-    """Read and validate a layout file -> ``(N, 5)``."""
+    """Read and validate a layout file (UTF-8, with or without a byte-order mark) -> ``(N, 5)``."""
     path = Path(path)
     if not path.exists():
         raise MissingFileError(f"layout file {path} does not exist")
+    if not path.is_file():
+        raise LayoutError(f"layout path {path} is a folder (or not a regular file); give a .json layout file")
+    size = path.stat().st_size
+    if size > MAX_LAYOUT_BYTES:
+        raise LayoutError(f"layout file {path} is {size / 1e6:.1f} MB; a layout file holds at most {MAX_OBJECTS} objects "
+                          f"and {MAX_LAYOUT_BYTES >> 20} MB")
     try:
-        objects = json.loads(path.read_text())
+        objects = json.loads(path.read_text(encoding="utf-8-sig"))
+    except UnicodeDecodeError as err:
+        raise LayoutError(f"{path} is not a UTF-8 text file ({err.reason} at byte {err.start})") from None
     except json.JSONDecodeError as err:
         raise LayoutError(f"{path} is not valid JSON: {err}") from err
+    except RecursionError:
+        raise LayoutError(f"{path} nests JSON too deeply; a layout is a flat list of {{\"label\", \"box\"}} objects") from None
+    except OSError as err:
+        raise LayoutError(f"cannot read layout file {path}: {err.strerror or err}") from None
     try:
         return parse_layout(objects, class_names)
     except LayoutError as err:

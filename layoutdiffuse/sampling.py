@@ -10,6 +10,7 @@ uses a generator seeded ``seed + i``.
 """
 from __future__ import annotations
 
+import numbers
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
+from .diffusion.guidance import check_guidance
 from .layout import validate_layout
 from .layout_file import load_layout, parse_layout
 from .errors import UserError, MissingFileError
@@ -41,12 +43,15 @@ def is_layout_model(module: pl.LightningModule) -> bool:
 
 
 def as_layout(layout: Any, class_names: list[str]) -> torch.Tensor:
-    """A layout given as ``None``, a path, JSON objects or a tensor -> validated ``(N, 5)``."""
+    """A layout given as ``None``, a path, JSON objects or a tensor -> validated ``(N, 5)``
+    (a tensor may also be a batch ``(B, N, 5)``, one layout per image)."""
     if layout is None:
         return torch.zeros(0, 5)
     if isinstance(layout, (str, Path)):
         return load_layout(layout, class_names)
     if isinstance(layout, torch.Tensor):
+        if layout.is_complex() or layout.dtype == torch.bool:
+            raise UserError(f"a layout tensor holds real numbers (rows x, y, w, h, class), got dtype {layout.dtype}")
         return validate_layout(layout.float(), len(class_names))
     return parse_layout(layout, class_names)
 
@@ -87,9 +92,13 @@ def timed_samples(module: pl.LightningModule, n: int, sampler: str | None = None
     return images, time.perf_counter() - start
 
 
+#: images per model call in :func:`sample`
+BATCH_SIZE = 64
+
+
 def sample(
     layout: Any = None,
-    n: int = 8,
+    n: int | None = None,
     ckpt: str | Path | pl.LightningModule | None = None,
     sampler: str | None = None,
     steps: int | None = None,
@@ -98,16 +107,25 @@ def sample(
     progress: bool = False,
     prompt: str | None = None,
     negative_prompt: str | None = None,
+    batch_size: int = BATCH_SIZE,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Draw ``n`` images for one layout. Returns ``(images (n, C, H, W) in [-1, 1], layouts (n, N, 5) or None)``.
+    """Draw ``n`` images for one layout (default 8), or one image per layout of a batch.
+    Returns ``(images (n, C, H, W) in [-1, 1], layouts (n, N, 5) or None)``.
 
     ``layout``: ``None`` / ``[]`` (unconditional: the empty layout), a layout file path, a list of
-    ``{"label", "box"}`` objects, or a tensor ``(N, 5)``. Unset sampler options use the model's defaults.
+    ``{"label", "box"}`` objects, a tensor ``(N, 5)``, or a batch ``(B, N, 5)`` (then ``n`` is ``B``).
+    Unset sampler options use the model's defaults. Images are drawn ``batch_size`` at a time
+    (:func:`sample_batched`, with its seeding rule), so any ``n`` fits in memory.
     ``prompt`` / ``negative_prompt``: the caption and the unconditional branch's text, for models
     with a text encoder (Stable Diffusion foundations, e.g. a converted release checkpoint).
     """
-    if n < 1:
-        raise UserError(f"n must be >= 1, got {n}")
+    for name, value in (("n", n), ("batch_size", batch_size)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1):
+            raise UserError(f"{name} must be an integer >= 1, got {value!r}")
+    if guidance is not None:
+        check_guidance(guidance)
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**63:
+        raise UserError(f"seed must be an integer in [0, 2**63), got {seed!r}")
     module = ckpt if isinstance(ckpt, pl.LightningModule) else load_model(ckpt)
     opts = dict(sampler=sampler, steps=steps, seed=seed, progress=progress)
     if prompt is not None or negative_prompt is not None:
@@ -116,9 +134,14 @@ def sample(
                             "a converted release checkpoint needs --foundation for it)")
         opts.update(prompt=prompt, negative_prompt=negative_prompt)
     if not is_layout_model(module):
-        if layout:
+        if layout is not None and (not isinstance(layout, (list, tuple, torch.Tensor)) or len(layout)):
             raise UserError("this checkpoint is not a layout model; sample it without a layout")
-        return sample_batched(module, n, **opts).to(module.device), None
-    rows = as_layout(layout, module.class_names or [str(i) for i in range(module.model.adaptor.num_classes)])
-    layouts = rows[None].expand(n, -1, -1).to(module.device)
-    return sample_batched(module, n, layouts, guidance=guidance, **opts).to(module.device), layouts
+        return sample_batched(module, 8 if n is None else int(n), batch_size=batch_size, **opts).to(module.device), None
+    rows = as_layout(layout, module.class_names or [str(i) for i in range(module.model.adaptor.num_classes)]).to(module.device)
+    if rows.ndim == 3:
+        if n is not None and n != len(rows):
+            raise UserError(f"a batch of {len(rows)} layouts draws one image per layout: leave n unset or pass n={len(rows)}, got n={n}")
+        layouts = rows
+    else:
+        layouts = rows[None].expand(8 if n is None else int(n), -1, -1)
+    return sample_batched(module, len(layouts), layouts, guidance=guidance, batch_size=batch_size, **opts).to(module.device), layouts

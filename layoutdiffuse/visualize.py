@@ -54,8 +54,13 @@ def grid(images: torch.Tensor, layouts: torch.Tensor | None = None, class_names:
 
 
 def save_grid(images: torch.Tensor, path: str | Path, layouts: torch.Tensor | None = None, class_names: Sequence[str] | None = None, nrow: int | None = None, scale: int | None = None) -> Path:
-    """Write :func:`grid` as a PNG (parent folders created). Returns the path."""
+    """Write :func:`grid` as a PNG (parent folders created, written atomically). Returns the path."""
+    from PIL import Image
+
+    from .files import atomic_path
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(grid(images, layouts, class_names, nrow, scale).float() / 255, path)
+    picture = grid(images, layouts, class_names, nrow, scale).float() / 255
+    with atomic_path(path) as tmp:  # the temporary name has no image suffix: name the format
+        save_image(picture, tmp, format=Image.registered_extensions().get(path.suffix.lower(), "PNG"))
     return path

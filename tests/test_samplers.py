@@ -247,3 +247,47 @@ def test_dpm_sde_at_eta_0_is_the_ode_solver_and_draws_noise_from_the_generator()
     assert torch.equal(a, b) and not torch.equal(a, c) and not torch.equal(a, ode)
     with pytest.raises(ValueError, match="eta must be >= 0"):
         make_sampler("dpm++sde", d, eta=-0.5)
+
+
+# --- step counts: every sampler takes every count in [1, T], and refuses the rest clearly ---------
+SAMPLER_VARIANTS = [
+    ("ancestral", {}), ("ancestral", {"variance": "fixed_large"}), ("ancestral", {"variance": "learned"}),
+    ("ddim", {}), ("ddim", {"eta": 1.0}), ("plms", {}), ("dpm++", {}), ("dpm++", {"spacing": "time"}), ("dpm++sde", {}),
+]
+
+
+@pytest.mark.parametrize("name,options", SAMPLER_VARIANTS)
+def test_every_step_count_from_1_to_T_samples(name, options):
+    """Each step count 1..T on a short chain (and the extremes on T = 1000) gives finite samples of the
+    right shape; one step lands on the x0 prediction at t = T-1 for the deterministic samplers."""
+    learned = options.get("variance") == "learned"
+    for T, schedule, counts in ((8, "cosine", range(1, 9)), (1000, "linear", (1, 2, 3, 999, 1000))):
+        d = GaussianDiffusion(schedule, num_timesteps=T, learn_sigma=learned)
+        eps = gaussian_eps(d)
+        model_fn = (lambda x, t: torch.cat([eps(x, t), torch.zeros_like(x)], 1)) if learned else eps
+        for steps in counts:
+            sampler = make_sampler(name, d, steps=steps, **options)
+            out = sampler.sample(model_fn, (3, 1, 2, 2), generator=torch.Generator().manual_seed(0))
+            assert out.shape == (3, 1, 2, 2) and torch.isfinite(out).all(), (name, options, T, steps)
+            assert sampler.timesteps[-1] == T - 1 and sampler.timesteps[0] == (T - 1 if steps == 1 else 0)
+
+
+def test_one_step_is_the_x0_prediction_at_the_last_timestep():
+    """With one step every sampler returns the model's x0 estimate from pure noise at t = T-1."""
+    d = GaussianDiffusion(num_timesteps=50)
+    eps = gaussian_eps(d)
+    x_T = torch.randn(4, 1, 2, 2, generator=torch.Generator().manual_seed(1))
+    t = torch.full((4,), 49, dtype=torch.long)
+    expected = d.x0_from_eps(x_T, t, eps(x_T, t))
+    for name in ("ancestral", "ddim", "plms", "dpm++", "dpm++sde"):
+        out = make_sampler(name, d, steps=1).sample(eps, x_T.shape, x_T=x_T.clone(), generator=torch.Generator().manual_seed(0))
+        torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("name", ["ancestral", "ddim", "plms", "dpm++", "dpm++sde"])
+@pytest.mark.parametrize("steps", [0, -3, 9, 2.5, "10", True])
+def test_bad_step_counts_are_refused_with_the_allowed_range(name, steps):
+    from layoutdiffuse.errors import UserError
+
+    with pytest.raises(UserError, match=r"steps must be an integer in \[1, 8\]"):
+        make_sampler(name, GaussianDiffusion("cosine", num_timesteps=8), steps=steps)

@@ -25,12 +25,33 @@ log = logging.getLogger(__name__)
 
 FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 FETCH_HINT = "python data_scripts/download_mnist.py  (or: python data_scripts/download_mnist.py --from DIR_WITH_GZ_FILES)"
+#: the IDX header (magic number) and byte size of each unpacked file
+IDX_FORMAT = {
+    "train-images-idx3-ubyte": (2051, 16 + 60000 * 28 * 28), "train-labels-idx1-ubyte": (2049, 8 + 60000),
+    "t10k-images-idx3-ubyte": (2051, 16 + 10000 * 28 * 28), "t10k-labels-idx1-ubyte": (2049, 8 + 10000),
+}
+
+
+def corrupt_files(raw: Path) -> list[Path]:
+    """The MNIST files present in ``raw`` whose size or IDX magic number is wrong (truncated, damaged
+    or a different file under the name)."""
+    bad = []
+    for name, (magic, size) in IDX_FORMAT.items():
+        path = raw / name
+        if not path.is_file():
+            continue
+        with open(path, "rb") as f:
+            head = f.read(4)
+        if path.stat().st_size != size or int.from_bytes(head, "big") != magic:
+            bad.append(path)
+    return bad
 
 
 def install_mnist_archives(source: str | os.PathLike, root: str | os.PathLike | None = None) -> Path:
     """Unpack ``<source>/<name>.gz`` for the four MNIST files into ``<root>/MNIST/raw``.
 
-    Checks ``SHA256SUMS`` in ``source`` when present. Idempotent: existing files are kept.
+    Checks ``SHA256SUMS`` in ``source`` when present. Idempotent: existing files are kept, except
+    corrupt or truncated ones (see :func:`corrupt_files`), which are replaced.
     Returns the raw folder.
     """
     source = Path(source)
@@ -42,6 +63,9 @@ def install_mnist_archives(source: str | os.PathLike, root: str | os.PathLike | 
             if line.strip():
                 digest, name = line.split()
                 sums[name.lstrip("*")] = digest
+    for path in corrupt_files(raw):  # replaced below from the archives
+        log.info("replacing corrupt %s", path)
+        path.unlink()
     for name in FILES:
         target = raw / name
         if target.exists():
@@ -62,9 +86,16 @@ def install_mnist_archives(source: str | os.PathLike, root: str | os.PathLike | 
 def mnist(train: bool = True, root: str | os.PathLike | None = None, download: bool = True, image_size: int = 32) -> datasets.MNIST:
     """The torchvision MNIST dataset; samples are ``(image (1, S, S) in [-1, 1], label)``.
 
+    Corrupt or truncated files are refused with the command that replaces them.
+
     ``image_size`` pads/resizes the 28x28 digits (32 keeps UNet downsampling even).
     """
     root = data_root(root)
+    raw = root / "MNIST" / "raw"
+    bad = corrupt_files(raw)
+    if bad:  # torchvision would read them, or skip its download because they exist
+        raise UserError(f"MNIST files under {raw} are corrupt or truncated ({', '.join(p.name for p in bad)}); "
+                        f"replace them with: {FETCH_HINT}")
     transform = v2.Compose([v2.ToImage(), v2.Resize(image_size, antialias=True), v2.ToDtype(torch.float32, scale=True), v2.Normalize([0.5], [0.5])])
     try:
         return datasets.MNIST(str(root), train=train, transform=transform, download=download)

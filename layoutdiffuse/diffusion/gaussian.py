@@ -72,8 +72,9 @@ class GaussianDiffusion(nn.Module):
             sqrt_recip_alphas_cumprod=(1 / abar).sqrt(),
             sqrt_recipm1_alphas_cumprod=(1 / abar - 1).sqrt(),
             posterior_variance=post_var,
-            # posterior variance is 0 at t = 0: clip the log with the value at t = 1
-            posterior_log_variance_clipped=torch.log(torch.cat([post_var[1:2], post_var[1:]])),
+            # posterior variance is 0 at t = 0: clip the log with the value at t = 1 (a one-step chain
+            # has no t = 1; its only step returns the mean, and beta_0 stands in as the clip value)
+            posterior_log_variance_clipped=torch.log(torch.cat([post_var[1:2], post_var[1:]]) if len(betas) > 1 else betas),
             posterior_mean_coef1=betas * abar_prev.sqrt() / (1 - abar),
             posterior_mean_coef2=(1 - abar_prev) * alphas.sqrt() / (1 - abar),
         )

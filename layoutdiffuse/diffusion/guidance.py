@@ -1,13 +1,28 @@
 """Conditioning and classifier-free guidance, folded into a ``model_fn(x_t, t)`` for samplers."""
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..errors import UserError
 from ..layout import cat_layouts
 from .gaussian import ModelFn
+
+#: the guidance scales accepted: 0 is the unconditional model, 1 the conditional one, and scales in
+#: use lie between 1 and ~15; far beyond, every sample saturates
+GUIDANCE_RANGE = (0.0, 50.0)
+
+
+def check_guidance(scale: Any) -> float:
+    """``scale`` as a float if it is a finite number in :data:`GUIDANCE_RANGE`, else :class:`UserError`."""
+    low, high = GUIDANCE_RANGE
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or not low <= scale <= high:
+        raise UserError(f"guidance must be a finite number in [{low:g}, {high:g}] (0 = unconditional, 1 = conditional, "
+                        f"typical 1-15), got {scale!r}")
+    return float(scale)
 
 
 def conditioned(model: nn.Module, cond: dict[str, Any] | None) -> ModelFn:

@@ -10,6 +10,7 @@ layouts or datasets.
 """
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 import torch
@@ -23,9 +24,11 @@ SAMPLERS: Registry[type] = Registry("sampler")
 
 
 def spaced_timesteps(num_timesteps: int, steps: int) -> torch.Tensor:
-    """``steps`` increasing integer timesteps evenly spread over ``[0, T)``, always including 0 and T-1."""
-    if not 1 <= steps <= num_timesteps:
-        raise UserError(f"steps must be in [1, {num_timesteps}], got {steps}")
+    """``steps`` increasing integer timesteps evenly spread over ``[0, T)``, always including 0 and T-1
+    (one step: just ``T - 1``)."""
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or not 1 <= steps <= num_timesteps:
+        raise UserError(f"steps must be an integer in [1, {num_timesteps}] (the model's number of timesteps), got {steps!r}")
+    steps = int(steps)
     if steps == 1:
         return torch.tensor([num_timesteps - 1])
     return torch.linspace(0, num_timesteps - 1, steps, dtype=torch.float64).round().long().unique()
@@ -109,7 +112,7 @@ class AncestralSampler(Sampler):
         if self.variance == "learned":
             log_var = chain.learned_log_variance(chain.split(out)[1], j)
         elif self.variance == "fixed_large":
-            large = torch.cat([chain.posterior_variance[1:2], chain.betas[1:]]).log()
+            large = torch.cat([chain.posterior_variance[1:2], chain.betas[1:]]).log() if chain.num_timesteps > 1 else chain.betas.log()
             log_var = extract(large, j, x.shape)
         if i == 0:
             return mean

@@ -37,6 +37,35 @@ class Upsample(nn.Module):
         return self.conv(nn.functional.interpolate(x, scale_factor=2, mode="nearest"))
 
 
+POSITIVE_INTS = ("in_channel", "out_channel", "base_channel", "num_heads")
+
+
+def check_arguments(args: dict[str, Any]) -> None:
+    """Numbers that build a working UNet, or one :class:`UserError` naming the argument and the range."""
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    for key in POSITIVE_INTS:
+        if key in args and not (is_int(args[key]) and args[key] >= 1):
+            raise UserError(f"UNet argument '{key}' must be an integer >= 1, got {args[key]!r}")
+    if "num_res_blocks" in args and not (is_int(args["num_res_blocks"]) and args["num_res_blocks"] >= 0):
+        raise UserError(f"UNet argument 'num_res_blocks' must be an integer >= 0, got {args['num_res_blocks']!r}")
+    mult = args.get("channel_mult", (1,))
+    if not (isinstance(mult, (list, tuple)) and len(mult) >= 1 and all(is_int(m) and m >= 1 for m in mult)):
+        raise UserError(f"UNet argument 'channel_mult' must be a non-empty list of integers >= 1, got {mult!r}")
+    dropout = args.get("dropout", 0.0)
+    if not (isinstance(dropout, (int, float)) and not isinstance(dropout, bool) and 0 <= dropout < 1):
+        raise UserError(f"UNet argument 'dropout' must be a number in [0, 1), got {dropout!r}")
+    heads, base = args.get("num_heads", 1), args.get("base_channel", 64)
+    levels = args.get("attn_levels", (1,))
+    if not (isinstance(levels, (list, tuple)) and all(is_int(lvl) and 0 <= lvl < len(mult) for lvl in levels)):
+        raise UserError(f"UNet argument 'attn_levels' must list levels in 0..{len(mult) - 1} (one per channel_mult entry), got {levels!r}")
+    widths = sorted({base * mult[lvl] for lvl in levels if is_int(lvl) and 0 <= lvl < len(mult)} | {base * mult[-1]})  # + middle block
+    bad = [w for w in widths if w % heads]
+    if bad:
+        raise UserError(f"UNet argument 'num_heads' ({heads}) must divide the channels of every attention block ({', '.join(map(str, widths))})")
+
+
 class UNet(nn.Module):
     """UNet of DDPM / improved DDPM.
 
@@ -72,6 +101,8 @@ class UNet(nn.Module):
         layout: dict[str, Any] | None = None,
     ):
         super().__init__()
+        check_arguments(dict(in_channel=in_channel, out_channel=out_channel, base_channel=base_channel, channel_mult=channel_mult,
+                             num_res_blocks=num_res_blocks, attn_levels=attn_levels, num_heads=num_heads, dropout=dropout))
         self.config = dict(
             in_channel=in_channel, out_channel=out_channel, base_channel=base_channel,
             channel_mult=list(channel_mult), num_res_blocks=num_res_blocks, attn_levels=list(attn_levels),

@@ -25,7 +25,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 from ..diffusion import GaussianDiffusion, classifier_free_guidance, conditioned, make_sampler
-from ..diffusion.guidance import drop_condition, null_condition
+from ..diffusion.guidance import check_guidance, drop_condition, null_condition
 from ..errors import UserError
 from .progress import training_fraction
 
@@ -278,7 +278,7 @@ class DDPMTraining(pl.LightningModule):
         ``steps``, ``guidance`` (classifier-free scale, needs ``cond``), ``clip``, ``eta``, ...
         """
         opts = {**self.sampling_args, **overrides}
-        name, guidance = opts.pop("sampler"), opts.pop("guidance")
+        name, guidance = opts.pop("sampler"), check_guidance(opts.pop("guidance"))
         model = self.sampling_model if use_ema else self.model
         if cond is not None and guidance != 1:
             model_fn = classifier_free_guidance(model, cond, null_condition(cond), guidance, pred_channels=self.image_shape[0])

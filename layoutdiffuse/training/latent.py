@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..diffusion import classifier_free_guidance, conditioned, make_sampler
-from ..diffusion.guidance import null_condition
+from ..diffusion.guidance import check_guidance, null_condition
 from .ddpm import DDPMTraining, evaluating
 from ..errors import UserError
 
@@ -190,7 +190,7 @@ class LatentDDPMTraining(DDPMTraining):
         ``overrides``: sampler options as in :meth:`DDPMTraining.sample` (``sampler``, ``steps``, ``eta``, ...).
         """
         opts = {**self.sampling_args, **overrides}
-        name, guidance = opts.pop("sampler"), opts.pop("guidance")
+        name, guidance = opts.pop("sampler"), check_guidance(opts.pop("guidance"))
         if opts.get("clip"):
             log.warning("clip=True ignored: latents are not in [-1, 1] (decoded images are clamped)")
             opts["clip"] = False
