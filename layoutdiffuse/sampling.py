@@ -41,6 +41,11 @@ def is_layout_model(module: pl.LightningModule) -> bool:
     return getattr(module.model, "adaptor", None) is not None
 
 
+def is_text_model(module: pl.LightningModule) -> bool:
+    """True for models that read a text prompt (a latent model with a text encoder)."""
+    return getattr(module, "text_encoder", None) is not None
+
+
 def as_layout(layout: Any, class_names: list[str]) -> torch.Tensor:
     """A layout given as ``None``, a path, JSON objects or a tensor -> validated ``(N, 5)``."""
     if layout is None:
@@ -61,16 +66,26 @@ def sample(
     guidance: float | None = None,
     seed: int = 0,
     progress: bool = False,
+    prompt: str | None = None,
+    negative_prompt: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Draw ``n`` images for one layout. Returns ``(images (n, C, H, W) in [-1, 1], layouts (n, N, 5) or None)``.
 
     ``layout``: ``None`` / ``[]`` (unconditional: the empty layout), a layout file path, a list of
     ``{"label", "box"}`` objects, or a tensor ``(N, 5)``. Unset sampler options use the model's defaults.
+    ``prompt`` / ``negative_prompt``: text for models with a text encoder (:func:`is_text_model`).
     """
     if n < 1:
         raise UserError(f"n must be >= 1, got {n}")
     module = ckpt if isinstance(ckpt, pl.LightningModule) else load_model(ckpt)
-    opts = {k: v for k, v in dict(sampler=sampler, steps=steps, guidance=guidance).items() if v is not None}
+    opts: dict[str, Any] = {k: v for k, v in dict(sampler=sampler, steps=steps, guidance=guidance).items() if v is not None}
+    text: dict[str, Any] = {}
+    if prompt is not None or negative_prompt is not None:
+        if not is_text_model(module):
+            raise UserError("this model has no text encoder: sample it without prompt / negative_prompt")
+        text = {"caption": [prompt or ""] * n}
+        if negative_prompt is not None:
+            opts["negative_prompt"] = negative_prompt
     g = torch.Generator(device=module.device).manual_seed(seed)
     if not is_layout_model(module):
         if layout:
@@ -78,5 +93,5 @@ def sample(
         return module.sample(n, generator=g, progress=progress, **{k: v for k, v in opts.items() if k != "guidance"}), None
     rows = as_layout(layout, module.class_names or [str(i) for i in range(module.model.adaptor.num_classes)])
     layouts = rows[None].expand(n, -1, -1).to(module.device)
-    images = module.sample(n, cond={"layout": layouts}, generator=g, progress=progress, **opts)
+    images = module.sample(n, cond={"layout": layouts, **text}, generator=g, progress=progress, **opts)
     return images, layouts
