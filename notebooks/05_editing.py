@@ -93,8 +93,8 @@ for title, new, edited in (("move", rows[1], after_move), ("re-label", rows[2], 
 
 # %% [markdown]
 # ## Editing a real canvas
-# A Layout-MNIST validation canvas (real MNIST-test digits): move its first digit and re-label its
-# second. The kept pixels are the real digits. (The first canvas with two digits where the moved
+# A Layout-MNIST validation canvas (real MNIST-test digits): move its first digit and make it the
+# next class. The kept pixels, the other digit included, are the real ones. (The first canvas with two digits where the moved
 # box lands clear of the other: an edit into another object's box re-draws that object's
 # pixels inside the overlap too.)
 
@@ -114,7 +114,7 @@ for index in range(len(val)):
         break
 real, real_layout = item["image"], item["layout"]
 new_layout = shifted(real_layout[None])[0]
-new_layout[1, 4] = (new_layout[1, 4] + 3) % 10
+new_layout[0, 4] = (new_layout[0, 4] + 1) % 10
 print(f"canvas {index}:", [names[int(c)] for c in real_layout[:, 4]], "->", [names[int(c)] for c in new_layout[:, 4]])
 edited = layoutdiffuse.edit(real, real_layout, new_layout, ckpt=module, n=3, steps=STEPS, seed=0)
 show(torch.cat([real[None], edited]), torch.cat([real_layout[None], new_layout[None].expand(3, -1, -1)]),
