@@ -7,7 +7,7 @@ Prints JSON. For B=16, N=8 boxes, C=128, 1 head, at 16x16 and 32x32: forward+bac
 ratio naive / vectorised, the largest output and gradient differences, and peak memory.
 
 * Naive = ``naive_layout_attention`` from ``tests/test_layout_attention.py`` (loops over batch
-  items, objects and heads, written from METHOD.md). Two attention primitives for it:
+  items, objects and heads, written from docs/method.md). Two attention primitives for it:
   ``naive`` uses the test's own softmax(q k^T / sqrt(c)) v, ``naive_sdpa`` uses
   ``F.scaled_dot_product_attention`` like the vectorised block, so that ratio measures the loop
   and the restricted global branch only, not a different attention kernel.

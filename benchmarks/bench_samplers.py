@@ -33,7 +33,8 @@ import time
 
 import torch
 
-from layoutdiffuse.cli import mnist_test_images, sample_images
+from layoutdiffuse.data.mnist import mnist_test_images  # noqa: E402
+from layoutdiffuse.sampling import timed_samples  # noqa: E402
 from layoutdiffuse.evaluation import FeatureFID, load_digit_classifier
 
 log = logging.getLogger("bench_samplers")
@@ -140,7 +141,7 @@ def main() -> None:
         if (name, steps) in done:
             result["runs"].append(done[name, steps])
             continue
-        images, seconds = sample_images(module, args.n, name, steps, args.seed, args.batch_size)
+        images, seconds = timed_samples(module, args.n, name, steps, args.seed, args.batch_size)
         metric.reset()
         metric.update(images, real=False)
         run = {"sampler": name, "steps": steps, "digit_fid": round(metric.compute(), 4), "seconds_per_image": round(seconds / args.n, 4)}

@@ -39,7 +39,7 @@ from layoutdiffuse.layout import collate, pad_layouts  # noqa: E402
 from layoutdiffuse.autoencoder import Autoencoder  # noqa: E402
 from layoutdiffuse.sd.layout_unet import LayoutDiffusersUNet  # noqa: E402
 from layoutdiffuse.sd.testing import SD_ARCHITECTURES, SD_SCHEDULER, build_sd  # noqa: E402
-from layoutdiffuse.sd.foundation import diffusion_from_scheduler  # noqa: E402
+from layoutdiffuse.sd.schedules import diffusion_from_scheduler  # noqa: E402
 from layoutdiffuse.training.latent import LatentDDPMTraining  # noqa: E402
 
 CLASSES = 171

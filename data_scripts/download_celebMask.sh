@@ -25,8 +25,8 @@ GDRIVE_ID=1badu11NqxGf6qM3PTTooQDJvQbejgbTv
 PYTHON="${PYTHON:-python}"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
-log() { printf '[download_celebMask] %s\n' "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
+TAG=download_celebMask
+source "$(dirname "${BASH_SOURCE[0]}")/fetch.sh"  # log, die, fetch
 
 manual() {
   cat >&2 <<MSG

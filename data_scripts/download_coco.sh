@@ -21,28 +21,9 @@ DEST="$ROOT/coco"
 DONE="$DEST/.done"
 COCO_URL="${COCO_URL:-http://images.cocodataset.org}"
 
-log() { printf '[download_coco] %s\n' "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
+TAG=download_coco
+source "$(dirname "${BASH_SOURCE[0]}")/fetch.sh"  # log, die, fetch
 
-# fetch URL FILE [MD5]: resumable download to FILE.part, md5-checked, then renamed to FILE.
-fetch() {
-  local url=$1 file=$2 md5=${3:-} got
-  if [[ -s $file ]]; then log "have $file"; else
-    mkdir -p "$(dirname "$file")"
-    log "downloading $url -> $file"
-    curl -fL --retry 5 --retry-delay 10 -C - -o "$file.part" "$url" \
-      || die "download of $url failed; partial file kept at $file.part, re-run to resume"
-    mv "$file.part" "$file"
-  fi
-  if [[ -n $md5 && ${LAYOUTDIFFUSE_SKIP_CHECKSUM:-0} != 1 ]]; then
-    got=$(md5sum "$file" | cut -d' ' -f1)
-    if [[ $got != "$md5" ]]; then
-      rm -f "$file"
-      die "checksum mismatch for $file (from $url): md5 $got, expected $md5; the file was removed, re-run to download it again"
-    fi
-    log "md5 ok: $file"
-  fi
-}
 
 # step ARCHIVE URL MD5 CHECK: download ARCHIVE, extract it into $DEST, require $DEST/CHECK, mark it done.
 step() {

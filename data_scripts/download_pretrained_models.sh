@@ -30,18 +30,9 @@ SD21_REPO="${SD21_REPO:-stabilityai/stable-diffusion-2-1-base}"
 LDM_CELEBA_URL="${LDM_CELEBA_URL:-https://ommer-lab.com/files/latent-diffusion/celeba.zip}"
 LDM_CELEBA_CONFIG_URL="${LDM_CELEBA_CONFIG_URL:-https://raw.githubusercontent.com/CompVis/latent-diffusion/main/configs/latent-diffusion/celebahq-ldm-vq-4.yaml}"
 
-log() { printf '[download_pretrained_models] %s\n' "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
+TAG=download_pretrained_models
+source "$(dirname "${BASH_SOURCE[0]}")/fetch.sh"  # log, die, fetch
 
-fetch() {  # fetch URL FILE: resumable download to FILE.part, renamed when complete; no-op if FILE exists
-  local url=$1 file=$2
-  if [[ -s $file ]]; then log "have $file"; return 0; fi
-  mkdir -p "$(dirname "$file")"
-  log "downloading $url -> $file"
-  curl -fL --retry 5 --retry-delay 10 -C - -o "$file.part" "$url" \
-    || die "download of $url failed; partial file kept at $file.part, re-run to resume"
-  mv "$file.part" "$file"
-}
 
 ldm_celebahq() {
   local out="$DEST/ldm-celebahq-256" zip="$DEST/ldm-celebahq-256.zip"

@@ -22,19 +22,9 @@ VG_DATA_URL="${VG_DATA_URL:-https://homes.cs.washington.edu/~ranjay/visualgenome
 VG_IMAGES_URL="${VG_IMAGES_URL:-https://cs.stanford.edu/people/rak248}"
 VG_SPLITS_URL="${VG_SPLITS_URL:-https://raw.githubusercontent.com/google/sg2im/master/sg2im/data/vg_splits.json}"
 
-log() { printf '[download_vg] %s\n' "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
+TAG=download_vg
+source "$(dirname "${BASH_SOURCE[0]}")/fetch.sh"  # log, die, fetch
 
-# fetch URL FILE: resumable download to FILE.part, renamed to FILE when complete; no-op if FILE exists.
-fetch() {
-  local url=$1 file=$2
-  if [[ -s $file ]]; then log "have $file"; return 0; fi
-  mkdir -p "$(dirname "$file")"
-  log "downloading $url -> $file"
-  curl -fL --retry 5 --retry-delay 10 -C - -o "$file.part" "$url" \
-    || die "download of $url failed; partial file kept at $file.part, re-run to resume"
-  mv "$file.part" "$file"
-}
 
 # step ARCHIVE URL INTO CHECK: download ARCHIVE, test and extract it into INTO, require INTO/CHECK, mark done.
 step() {

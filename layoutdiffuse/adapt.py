@@ -1,4 +1,4 @@
-"""Foundational model -> LayoutDiffuse model (METHOD.md section 5).
+"""Foundational model -> LayoutDiffuse model (docs/method.md §5).
 
 >>> layout_unet = adapt(foundation, {"num_classes": 180, "levels": [0, 1]})   # doctest: +SKIP
 >>> optimizer = torch.optim.AdamW(param_groups(layout_unet, "freeze_backbone", adaptor_lr=1e-4))  # doctest: +SKIP
@@ -16,33 +16,27 @@ from torch import nn
 
 from .nn.adaptor import is_adaptor_name
 from .nn.unet import UNet
-from .errors import UserError
+from .errors import StateDictError, UserError
+from .state_dicts import listed, state_dict_mismatch
 
 log = logging.getLogger(__name__)
 
 MODES = ("all", "freeze_backbone", "separate")
 
 
-def _listed(keys: list[str], limit: int = 20) -> str:
-    more = f" ... and {len(keys) - limit} more" if len(keys) > limit else ""
-    return ", ".join(keys[:limit]) + more
-
-
 def load_foundation_state(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
     """Load a foundation's ``state_dict`` into an adapted ``model``: every foundation key must land
-    (with its shape) and only adaptor keys may be left unloaded; otherwise a ``KeyError`` lists them."""
+    (with its shape) and only adaptor keys may be left unloaded; otherwise a
+    :class:`~layoutdiffuse.errors.StateDictError` lists them."""
     adaptor_keys = [k for k in state_dict if is_adaptor_name(k)]
     if adaptor_keys:
-        raise KeyError(f"the foundation state dict already holds adaptor keys ({_listed(adaptor_keys)}); "
-                       "adapt a plain foundation model, or load an adapted checkpoint with load_state_dict")
-    result = model.load_state_dict(state_dict, strict=False)
-    missing = [k for k in result.missing_keys if not is_adaptor_name(k)]
-    unexpected = list(result.unexpected_keys)
-    if missing or unexpected:
-        raise KeyError("foundation weights do not match the adapted model: "
-                       f"missing from the foundation: [{_listed(missing)}]; "
-                       f"not in the adapted model: [{_listed(unexpected)}] "
-                       "(only adaptor keys, 'adaptor.*' and '*.task_prompt.*', may be new)")
+        raise StateDictError(f"the foundation state dict already holds adaptor keys {listed(adaptor_keys)}; "
+                             "adapt a plain foundation model, or load an adapted checkpoint with load_state_dict")
+    report = state_dict_mismatch(model, state_dict, may_be_missing=is_adaptor_name)
+    if report:
+        raise StateDictError(f"foundation weights do not match the adapted model: {report} "
+                             "(only adaptor keys, 'adaptor.*' and '*.task_prompt.*', may be new)")
+    model.load_state_dict(state_dict, strict=False)
 
 
 def adapt(foundation: UNet, layout: dict[str, Any]) -> UNet:

@@ -26,7 +26,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         config = set_override(config, assignment)
     validate(config)
     log.info("training %s -> %s", config["expt_name"], experiment_dir(config))
-    module = train(config, resume=args.resume)
+    train(config, resume=args.resume)
     out = experiment_dir(config)
     log.info("done: checkpoints in %s, sample grids in %s", out / "checkpoints", out / "images")
 
@@ -53,121 +53,21 @@ def cmd_edit(args: argparse.Namespace) -> None:
     log.info("wrote %s", ", ".join(map(str, paths)))
 
 
-# --- evaluate: bits/dim on MNIST-test and digit-FID of samples (also used by benchmarks/ and notebooks/) ---
-def mnist_test_images(image_size: int = 32, n: int | None = None, root: str | None = None, start: int = 0) -> "torch.Tensor":
-    """MNIST-test images ``(n, 1, S, S)`` in [-1, 1] on the 256-level grid, preprocessed as for training
-    (images ``start .. start + n``; all of them when ``n`` is None). Never downloads."""
-    import torch
-
-    from .data.mnist import mnist
-
-    ds = mnist(train=False, root=root, download=False, image_size=image_size)
-    stop = len(ds) if n is None else start + n
-    if not 0 <= start < stop <= len(ds):
-        raise UserError(f"MNIST-test has {len(ds)} images; asked for images {start}..{stop}")
-    # the dataset's own transform, on the whole uint8 stack at once (same values as item by item)
-    return ds.transform(ds.data[start:stop, None]).as_subclass(torch.Tensor)
-
-
-def bits_per_dim(module: Any, images: "torch.Tensor", batch_size: int = 128, seed: int = 0, progress: bool = False) -> dict[str, Any]:
-    """The variational bound ``L_0 + ... + L_T`` of ``images (N, C, H, W)`` (256-level grid) in bits/dim.
-
-    Uses :func:`layoutdiffuse.diffusion.calc_bpd_loop` with the module's sampling (EMA) weights on the
-    full training chain. A fixed-variance (DDPM) model is evaluated with its ``fixed_small`` reverse
-    variance, the posterior variance beta~_t -- exactly a learned variance whose ``v`` channels are
-    -1 (improved DDPM eq. 15), which is how it is fed to the same bound.
-    Returns the mean and standard error over images and the bound's decomposition.
-    """
-    import torch
-
-    from .diffusion import GaussianDiffusion, calc_bpd_loop
-
-    diffusion, model = module.diffusion, module.sampling_model
-    model.eval()
-    if diffusion.learn_sigma:
-        chain, variance = diffusion, "learned"
-        model_fn = lambda x, t: model(x, t, None)  # noqa: E731
-    else:
-        chain, variance = GaussianDiffusion(prediction=diffusion.prediction, learn_sigma=True, betas=diffusion.betas64).to(images.device), "fixed_small"
-        model_fn = lambda x, t: (lambda out: torch.cat([out, -torch.ones_like(out)], 1))(model(x, t, None))  # noqa: E731
-    g = torch.Generator(device=images.device).manual_seed(seed)
-    totals, priors, decoders = [], [], []
-    with torch.no_grad():
-        for i in range(0, len(images), batch_size):
-            out = calc_bpd_loop(chain, model_fn, images[i : i + batch_size], generator=g, progress=progress)
-            totals.append(out["total_bpd"].cpu())
-            priors.append(out["prior_bpd"].cpu())
-            decoders.append(out["vb"][:, 0].cpu())
-    total, prior, decoder = torch.cat(totals).double(), torch.cat(priors).double(), torch.cat(decoders).double()
-    n = len(total)
-    return {
-        "bits_per_dim": round(total.mean().item(), 4),
-        "bits_per_dim_stderr": round(total.std().item() / math.sqrt(n), 4) if n > 1 else None,
-        "decoder_L0_bpd": round(decoder.mean().item(), 4),
-        "prior_LT_bpd": round(prior.mean().item(), 6),
-        "variance": variance,
-        "num_timesteps": diffusion.num_timesteps,
-        "n": n,
-    }
-
-
-def sample_images(module: Any, n: int, sampler: str | None = None, steps: int | None = None, seed: int = 0,
-                  batch_size: int = 250) -> tuple["torch.Tensor", float]:
-    """``n`` samples ``(n, C, H, W)`` in [-1, 1] drawn in batches from one seeded generator, and the wall
-    seconds spent sampling. ``sampler``/``steps`` default to the module's sampling settings."""
-    import torch
-
-    opts = {k: v for k, v in dict(sampler=sampler, steps=steps).items() if v is not None}
-    g = torch.Generator(device=module.device).manual_seed(seed)
-    chunks, start = [], time.perf_counter()
-    for i in range(0, n, batch_size):
-        chunks.append(module.sample(min(batch_size, n - i), generator=g, **opts).cpu())
-    if module.device.type == "cuda":
-        torch.cuda.synchronize()
-    return torch.cat(chunks), time.perf_counter() - start
-
-
 def cmd_evaluate(args: argparse.Namespace) -> None:
     import torch
 
+    from .evaluation.report import evaluate_checkpoint
     from .experiment import load_checkpoint
 
-    if not (args.nll or args.fid or args.layout):
-        raise UserError("nothing to evaluate: pass --nll (bits/dim on MNIST-test), --fid (digit-FID of samples vs MNIST-test) "
-                         "and/or --layout (layout accuracy, digit-FID and diversity of a Layout-MNIST layout model)")
-    if args.n is not None and args.n < (2 if args.fid or args.layout else 1):
-        raise UserError(f"--n must be >= {2 if args.fid or args.layout else 1} (images), got {args.n}")
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if not (args.nll or args.fid or args.layout):  # before loading anything
+        raise UserError("nothing to evaluate: pass --nll (bits/dim on MNIST-test), --fid (digit-FID of samples vs MNIST-test) "
+                        "and/or --layout (layout accuracy, digit-FID and diversity of a Layout-MNIST layout model)")
     module = load_checkpoint(args.ckpt, map_location=device).to(device)
-    size = module.image_shape[-1]
-    result: dict[str, Any] = {"ckpt": str(args.ckpt), "device": str(device), "seed": args.seed}
-    if args.nll:
-        n = args.n or 256
-        images = mnist_test_images(size, n, args.data_root).to(device)
-        start = time.perf_counter()
-        result["nll"] = {"data": f"MNIST-test[:{n}] at {size}x{size}", **bits_per_dim(module, images, args.batch_size, args.seed, progress=args.progress),
-                         "seconds": round(time.perf_counter() - start, 1)}
-    if args.fid:
-        from .evaluation import digit_fid, load_digit_classifier
-
-        n = args.n or 1000
-        samples, seconds = sample_images(module, n, args.sampler, args.steps, args.seed, args.batch_size)
-        reference = mnist_test_images(size, None, args.data_root)
-        classifier = load_digit_classifier(device=device)
-        result["fid"] = {"sampler": args.sampler or module.sampling_args["sampler"], "steps": args.steps or module.sampling_args.get("steps"),
-                         "n": n, "reference": f"MNIST-test ({len(reference)} images) at {size}x{size}",
-                         "digit_fid": round(digit_fid(reference, samples, classifier=classifier, device=device), 4),
-                         "seconds_per_image": round(seconds / n, 4)}
-    if args.layout:
-        from .evaluation.layout_mnist import evaluate_layout_mnist
-
-        if getattr(module.model, "adaptor", None) is None:
-            raise UserError(f"--layout needs a layout model (a UNet with a layout adaptor); {args.ckpt} has none")
-        result["layout"] = evaluate_layout_mnist(module, args.n or 500, args.sampler, args.steps, args.guidance, args.data_root,
-                                                 args.seed, batch_size=min(args.batch_size, 100))
-    sys.stdout.write(json.dumps(result, indent=1) + "\n")
+    result = evaluate_checkpoint(module, nll=args.nll, fid=args.fid, layout=args.layout, n=args.n, sampler=args.sampler,
+                                 steps=args.steps, guidance=args.guidance, seed=args.seed, batch_size=args.batch_size,
+                                 data_root=args.data_root, progress=args.progress)
+    sys.stdout.write(json.dumps({"ckpt": str(args.ckpt), **result}, indent=1) + "\n")
 
 
 def parser() -> argparse.ArgumentParser:

@@ -16,20 +16,16 @@ fails with the key path and what is allowed.
 from __future__ import annotations
 
 import copy
-import inspect
 import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from .registry import Registry
-from .errors import UserError
+from .schema import ConfigError, check_keys, check_name, check_type, signature_defaults, type_name
+
+__all__ = ["ConfigError", "load_config", "set_override", "validate", "signature_defaults"]
 
 SECTIONS = ("expt_name", "expt_dir", "seed", "denoising_model", "diffusion", "data", "trainer_args", "callbacks", "adapt", "description")
 REQUIRED = ("expt_name", "diffusion", "data")
-
-
-class ConfigError(UserError):
-    """A config that cannot be built; the message names the key path."""
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
@@ -65,58 +61,14 @@ def set_override(config: dict[str, Any], assignment: str) -> dict[str, Any]:
     return config
 
 
-def type_name(value: Any) -> str:
-    return "null" if value is None else {dict: "object", list: "list", str: "string", bool: "bool", int: "int", float: "number"}.get(type(value), type(value).__name__)
-
-
-def check_type(value: Any, default: Any, path: str) -> None:
-    """``value`` must have the JSON type of ``default`` (ints pass for numbers; None defaults accept anything)."""
-    if default is None or default is inspect.Parameter.empty:
-        return
-    ok = isinstance(value, type(default))
-    if isinstance(default, bool):
-        ok = isinstance(value, bool)
-    elif isinstance(default, float):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    elif isinstance(default, int):
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif isinstance(default, (list, tuple)):
-        ok = isinstance(value, (list, tuple))
-    if not ok:
-        raise ConfigError(f"config key '{path}' must be {type_name(default)}, got {type_name(value)} ({value!r})")
-
-
-def signature_defaults(fn: Callable, skip: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Keyword arguments of ``fn`` and their defaults (``Parameter.empty`` when required)."""
-    params = inspect.signature(fn).parameters
-    return {n: p.default for n, p in params.items() if n not in skip and n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
-
-
-def check_keys(section: dict[str, Any], allowed: dict[str, Any], path: str, types: bool = True) -> None:
-    """Unknown keys (and, with ``types``, wrong types) in ``section`` -> :class:`ConfigError`."""
-    if not isinstance(section, dict):
-        raise ConfigError(f"config key '{path}' must be an object, got {type_name(section)}")
-    for key, value in section.items():
-        if key not in allowed:
-            raise ConfigError(f"unknown config key '{path}.{key}'; allowed keys: {', '.join(sorted(allowed))}")
-        if types:
-            check_type(value, allowed[key], f"{path}.{key}")
-
-
-def check_name(registry: Registry, name: Any, path: str) -> Any:
-    try:
-        return registry.get(name)
-    except KeyError as err:
-        raise ConfigError(f"config key '{path}': {err.args[0]}") from None
-
-
 def validate(config: dict[str, Any]) -> None:
     """Check every section of ``config``; raise :class:`ConfigError` naming the first bad key."""
     import pytorch_lightning as pl
 
     from .data.registry import DATASETS
     from .nn import ATTN_BLOCKS, RES_BLOCKS, UNet
-    from .training.registry import TRAININGS, CALLBACK_KEYS
+    from .training.callbacks import CALLBACK_KEYS
+    from .training.registry import TRAININGS
 
     if not isinstance(config, dict):
         raise ConfigError(f"a config must be a JSON object, got {type_name(config)}")

@@ -27,6 +27,7 @@ from .diffusion import make_sampler
 from .diffusion.inpaint import masked_sample
 from .errors import UserError
 from .layout import PAD, pad_layouts
+from .training.ddpm import evaluating
 
 TOLERANCE = 1e-4  # rows closer than this in every field are the same object
 EDGE = 1e-4  # a box edge this close to a pixel boundary does not reach into the next pixel
@@ -102,14 +103,10 @@ def edit_images(module: pl.LightningModule, images: torch.Tensor, layouts: torch
     opts = {**module.sampling_args, **{k: v for k, v in dict(sampler=sampler, steps=steps, guidance=guidance).items() if v is not None}, **options}
     name, scale = opts.pop("sampler"), opts.pop("guidance")
     model = module.sampling_model
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         model_fn = module.guided_model_fn(model, {"layout": new_layouts}, scale)
         edited = masked_sample(make_sampler(name, module.diffusion, **opts), model_fn, images, ~region,
                                generator=generator, resample=resample, progress=progress)
-    finally:
-        model.train(was_training)
     return edited.clamp(-1, 1), region
 
 

@@ -20,3 +20,10 @@ class UnknownNameError(UserError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class StateDictError(UserError, KeyError):
+    """Weights that do not fit a model: the message lists missing, unexpected and mis-shaped keys."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""

@@ -16,18 +16,18 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from .config import ConfigError, validate
+from .config import validate
+from .schema import ConfigError
 from .data.loader import ResumableDataLoader
 from .data.registry import DATASETS
 from .files import save_safetensors
 from .nn import UNet
 from .sd.spec import is_foundation_config
-from .training.callbacks import ImageLogger
+from .training.callbacks import CKPT_KEY, build_callbacks, checkpoint_meta
 from .training.registry import TRAININGS
 from .errors import UserError, MissingFileError
 
 log = logging.getLogger(__name__)
-CKPT_KEY = "layoutdiffuse"
 
 
 def experiment_dir(config: dict[str, Any]) -> Path:
@@ -87,39 +87,35 @@ def sampling_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.
     return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
 
 
-def build_module(config: dict[str, Any], model: UNet | None = None) -> pl.LightningModule:
-    """The training LightningModule named by ``diffusion.training``."""
+def build_module(config: dict[str, Any], model: UNet | None = None, architecture: dict[str, Any] | None = None,
+                 image_shape: tuple[int, ...] | None = None) -> pl.LightningModule:
+    """The training LightningModule of ``config`` -- the one factory behind ``train``, ``load_checkpoint``
+    and the notebooks.
+
+    ``model``: a denoising model to use instead of building one. ``architecture`` and ``image_shape``:
+    the ``model`` and ``image_shape`` entries stored in a checkpoint, to rebuild a trained module
+    (randomly initialised; load its state dict next). A diffusers foundation config
+    (``adapt.foundation``) loads the frozen foundation parts and inserts the adaptor
+    (:func:`~layoutdiffuse.sd.foundation.build_foundation_module`).
+    """
     if model is None and is_foundation_config(config):  # diffusers foundation + frozen autoencoder / text encoder
         from .sd.foundation import build_foundation_module
 
-        return build_foundation_module(config)
-    model = model if model is not None else build_model(config)
+        return build_foundation_module(config, architecture=architecture)
+    if model is None:
+        model = UNet(**architecture) if architecture is not None else build_model(config)
     cls = TRAININGS.get(config["diffusion"].get("training", "DDPMTraining"))
     process, kwargs = cls.split_config(config["diffusion"])
-    size = config["data"].get("image_size", 32)
-    return cls(model, diffusion=process, image_shape=(model.config["in_channel"], size, size), seed=config.get("seed", 0), config=config, **kwargs)
-
-
-class SaveConfig(pl.Callback):
-    """Stores the config and the model architecture in every checkpoint (plain data only)."""
-
-    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
-        checkpoint[CKPT_KEY] = checkpoint_meta(pl_module)
-
-
-def checkpoint_meta(module: pl.LightningModule) -> dict[str, Any]:
-    """What a checkpoint needs to rebuild its module: config, architecture, image shape, class names."""
-    return {"config": module.config, "model": module.model.config, "image_shape": list(module.image_shape), "class_names": list(getattr(module, "class_names", None) or [])}
+    if image_shape is None:
+        size = config["data"].get("image_size", 32)
+        image_shape = (model.config["in_channel"], size, size)
+    return cls(model, diffusion=process, image_shape=tuple(image_shape), seed=config.get("seed", 0), config=config, **kwargs)
 
 
 def build_trainer(config: dict[str, Any], class_names: list[str] | None = None, **overrides: Any) -> pl.Trainer:
     out = experiment_dir(config)
     cb = config.get("callbacks", {})
-    ckpt_args = {"save_last": True, "save_top_k": -1, **cb.get("checkpoint", {})}
-    callbacks: list[pl.Callback] = [SaveConfig(), pl.callbacks.ModelCheckpoint(dirpath=out / "checkpoints", filename="step_{step:06d}", auto_insert_metric_name=False, **ckpt_args)]
-    images = dict(cb.get("images", {}))
-    if images:
-        callbacks.append(ImageLogger(out / "images", class_names=class_names, **images))
+    callbacks = build_callbacks(cb, out, class_names)
     loggers: list[Any] = [pl.loggers.CSVLogger(out, name="logs", version="")]
     wandb = cb.get("wandb", {})
     if wandb.get("enabled"):
@@ -207,15 +203,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         ckpt = read_checkpoint(path, map_location)
     meta = ckpt[CKPT_KEY]
     config = meta["config"]
-    if is_foundation_config(config):  # frozen parts reload from the foundation, the rest from the checkpoint
-        from .sd.foundation import build_foundation_module
-
-        module = build_foundation_module(config, architecture=meta["model"])
-    else:
-        model = UNet(**meta["model"])
-        cls = TRAININGS.get(config["diffusion"].get("training", "DDPMTraining"))
-        process, kwargs = cls.split_config(config["diffusion"])
-        module = cls(model, diffusion=process, image_shape=tuple(meta["image_shape"]), seed=config.get("seed", 0), config=config, **kwargs)
+    module = build_module(config, architecture=meta["model"], image_shape=tuple(meta["image_shape"]))
     module.class_names = meta.get("class_names") or []
     state = ckpt["state_dict"]
     if not any(k.startswith("model.") for k in state):  # a weights export: EMA weights only

@@ -3,11 +3,14 @@
     images, layouts = layoutdiffuse.sample(layout=[{"label": "7", "box": [0.1, 0.1, 0.5, 0.8]}], n=8)
 
 The default checkpoint is the shipped Layout-MNIST LayoutDiffuse model
-(``layoutdiffuse/weights/layout_mnist.safetensors``).
+(``layoutdiffuse/weights/layout_mnist.safetensors``). Every batched draw in the package (this
+one-liner, ``evaluate``, the benchmarks, the notebooks) goes through :func:`sample_batched`, whose
+seeding rule makes image ``i`` independent of the batch size: the batch that starts at image ``i``
+uses a generator seeded ``seed + i``.
 """
 from __future__ import annotations
 
-from functools import lru_cache
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,20 +24,16 @@ from .errors import UserError, MissingFileError
 SHIPPED_MODEL = Path(__file__).parent / "weights" / "layout_mnist.safetensors"
 
 
-@lru_cache(maxsize=4)
-def _load(path: str) -> pl.LightningModule:
+def load_model(ckpt: str | Path | None = None) -> pl.LightningModule:
+    """A ready-to-sample module of its own (callers may move or change it); ``None`` = the shipped
+    Layout-MNIST model."""
     from .experiment import load_checkpoint
 
-    return load_checkpoint(path)
-
-
-def load_model(ckpt: str | Path | None = None) -> pl.LightningModule:
-    """A ready-to-sample module (cached per path); ``None`` = the shipped Layout-MNIST model."""
     path = Path(ckpt) if ckpt is not None else SHIPPED_MODEL
     if not path.exists():
         hint = " (the shipped model is missing from this install)" if ckpt is None else ""
         raise MissingFileError(f"checkpoint {path} does not exist{hint}")
-    return _load(str(path.resolve()))
+    return load_checkpoint(path)
 
 
 def is_layout_model(module: pl.LightningModule) -> bool:
@@ -55,6 +54,42 @@ def as_layout(layout: Any, class_names: list[str]) -> torch.Tensor:
     if isinstance(layout, torch.Tensor):
         return validate_layout(layout.float(), len(class_names))
     return parse_layout(layout, class_names)
+
+
+def sample_batched(module: pl.LightningModule, n: int, layouts: torch.Tensor | None = None, seed: int = 0,
+                   batch_size: int = 250, progress: bool = False, prompt: str | None = None, **sampling: Any) -> torch.Tensor:
+    """``n`` samples ``(n, C, H, W)`` in [-1, 1] on the CPU, drawn ``batch_size`` at a time.
+
+    ``layouts``: ``(n, N, 5)`` box layouts (row ``i`` conditions image ``i``) or ``None``
+    (unconditional). The batch starting at image ``i`` draws from a generator seeded ``seed + i``,
+    so a sample does not depend on the batch size or on what ran before. ``prompt``: the caption
+    of every sample (text models). ``sampling``: ``sampler``, ``steps``, ``guidance``,
+    ``negative_prompt``, ... (``None`` = the module's setting).
+    """
+    if batch_size < 1:
+        raise UserError(f"batch_size must be >= 1, got {batch_size}")
+    if layouts is not None and len(layouts) != n:
+        raise UserError(f"got {len(layouts)} layouts for {n} samples; give one layout per sample")
+    opts = {k: v for k, v in sampling.items() if v is not None}
+    chunks = []
+    for i in range(0, n, batch_size):
+        size = min(batch_size, n - i)
+        g = torch.Generator(device=module.device).manual_seed(seed + i)
+        cond = None if layouts is None else {"layout": layouts[i : i + size].to(module.device)}
+        if prompt is not None:
+            cond = {**(cond or {}), "caption": [prompt] * size}
+        chunks.append(module.sample(size, cond=cond, generator=g, progress=progress, **opts).cpu())
+    return torch.cat(chunks)
+
+
+def timed_samples(module: pl.LightningModule, n: int, sampler: str | None = None, steps: int | None = None, seed: int = 0,
+                  batch_size: int = 250) -> tuple[torch.Tensor, float]:
+    """:func:`sample_batched` (unconditional) and the wall seconds it took (the GPU synchronised)."""
+    start = time.perf_counter()
+    images = sample_batched(module, n, seed=seed, batch_size=batch_size, sampler=sampler, steps=steps)
+    if module.device.type == "cuda":
+        torch.cuda.synchronize()
+    return images, time.perf_counter() - start
 
 
 def sample(
@@ -78,20 +113,15 @@ def sample(
     if n < 1:
         raise UserError(f"n must be >= 1, got {n}")
     module = ckpt if isinstance(ckpt, pl.LightningModule) else load_model(ckpt)
-    opts: dict[str, Any] = {k: v for k, v in dict(sampler=sampler, steps=steps, guidance=guidance).items() if v is not None}
-    text: dict[str, Any] = {}
+    opts = dict(sampler=sampler, steps=steps, seed=seed, progress=progress)
     if prompt is not None or negative_prompt is not None:
         if not is_text_model(module):
             raise UserError("this model has no text encoder: sample it without prompt / negative_prompt")
-        text = {"caption": [prompt or ""] * n}
-        if negative_prompt is not None:
-            opts["negative_prompt"] = negative_prompt
-    g = torch.Generator(device=module.device).manual_seed(seed)
+        opts.update(prompt=prompt or "", negative_prompt=negative_prompt)
     if not is_layout_model(module):
         if layout:
             raise UserError("this checkpoint is not a layout model; sample it without a layout")
-        return module.sample(n, generator=g, progress=progress, **{k: v for k, v in opts.items() if k != "guidance"}), None
+        return sample_batched(module, n, **opts).to(module.device), None
     rows = as_layout(layout, module.class_names or [str(i) for i in range(module.model.adaptor.num_classes)])
     layouts = rows[None].expand(n, -1, -1).to(module.device)
-    images = module.sample(n, cond={"layout": layouts, **text}, generator=g, progress=progress, **opts)
-    return images, layouts
+    return sample_batched(module, n, layouts, guidance=guidance, **opts).to(module.device), layouts

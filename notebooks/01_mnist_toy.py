@@ -26,41 +26,24 @@
 # `python data_scripts/download_mnist.py`.
 
 # %%
-import json
-import os
-
 import matplotlib.pyplot as plt
 import pytorch_lightning as pl
 import torch
 
 from layoutdiffuse.data.registry import DATASETS
 from layoutdiffuse.diffusion import GaussianDiffusion
-from layoutdiffuse.experiment import build_loaders, build_trainer, experiment_dir
+from layoutdiffuse.experiment import build_loaders, build_module, build_trainer, experiment_dir
 from layoutdiffuse.malloc import retain_freed_memory
-from layoutdiffuse.nn import UNet
+from layoutdiffuse.notebook_helpers import QUICK, load_notebook_config, metric_curve, quick_config, show
 from layoutdiffuse.training import DDPMTraining
 from layoutdiffuse.visualize import grid
 
-QUICK = os.environ.get("LAYOUTDIFFUSE_QUICK") == "1"
 retain_freed_memory()  # CPU steps reuse freed memory, as `python -m layoutdiffuse` does (layoutdiffuse/malloc.py)
 torch.manual_seed(0)
-config = json.load(open("../configs/mnist.json" if os.path.exists("../configs/mnist.json") else "configs/mnist.json"))
-config["expt_name"] = "mnist_notebook"
+config = load_notebook_config("mnist", expt_name="mnist_notebook")
 if QUICK:
-    config["trainer_args"].update(max_steps=40, limit_val_batches=1, val_check_interval=40, log_every_n_steps=4)
-    config["diffusion"]["lr_scheduler"].update(warmup_steps=5, total_steps=40)
-    config["data"].update(limit=512, num_workers=0)
-    config["callbacks"] = {}
+    config = quick_config(config, steps=40, samples=512, batch_size=config["data"]["batch_size"], base_channel=None, validate_every=40)
 print("quick mode" if QUICK else "full settings", "| steps:", config["trainer_args"]["max_steps"])
-
-
-def show(img, title=None, size=6):
-    plt.figure(figsize=(size, size))
-    plt.imshow(img.permute(1, 2, 0))
-    plt.axis("off")
-    if title:
-        plt.title(title)
-    plt.show()
 
 
 # %% [markdown]
@@ -90,11 +73,11 @@ class DDPM_MNIST(DDPMTraining):
         return super().process_batch(y_0[0], mode)
 
 
-model = UNet(**config["denoising_model"])
-process = {k: v for k, v in config["diffusion"].items() if k in DDPMTraining.PROCESS_KEYS and k != "training"}
-training_args = {k: v for k, v in config["diffusion"].items() if k not in DDPMTraining.PROCESS_KEYS}
-module = DDPM_MNIST(model, diffusion=process, image_shape=(1, 32, 32), config=config, **training_args)
-print(f"UNet parameters: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M")
+# The package registers this class under the same name (layoutdiffuse/training/mnist.py); the config
+# names it in `diffusion.training`, and `build_module` -- the factory `train` uses -- builds it:
+module = build_module(config)
+print(config["diffusion"]["training"], "->", type(module).__module__ + "." + type(module).__name__)
+print(f"UNet parameters: {sum(p.numel() for p in module.model.parameters()) / 1e6:.2f} M")
 
 # %% [markdown]
 # ## Training with Lightning
@@ -112,11 +95,7 @@ trainer.fit(module, loaders["train"], loaders["val"])
 # ## The loss curve
 
 # %%
-import csv
-
-rows = list(csv.DictReader(open(experiment_dir(config) / "logs" / "metrics.csv")))
-steps = [int(r["step"]) for r in rows if r.get("train/loss")]
-losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+steps, losses = metric_curve(experiment_dir(config), "train/loss")
 plt.plot(steps, losses)
 plt.xlabel("step"); plt.ylabel("L_simple (eps MSE)"); plt.yscale("log"); plt.title("training loss"); plt.show()
 assert sum(losses[-3:]) < sum(losses[:3]), "the loss should fall"

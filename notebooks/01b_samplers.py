@@ -45,21 +45,22 @@
 # untrained model; run without the switch for real ones.
 
 # %%
-import os
 import time
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
 
-from layoutdiffuse.cli import bits_per_dim, mnist_test_images, sample_images
+from layoutdiffuse.data.mnist import mnist_test_images
+from layoutdiffuse.evaluation.bits_per_dim import bits_per_dim
+from layoutdiffuse.notebook_helpers import QUICK, repo_root
+from layoutdiffuse.sampling import timed_samples
 from layoutdiffuse.config import load_config
 from layoutdiffuse.evaluation import FeatureFID, load_digit_classifier
 from layoutdiffuse.experiment import load_checkpoint, train
 from layoutdiffuse.visualize import grid
 
-QUICK = os.environ.get("LAYOUTDIFFUSE_QUICK") == "1"
-REPO = Path("..") if Path("../configs").is_dir() else Path(".")
+REPO = repo_root()
 torch.manual_seed(0)
 if QUICK:  # batches of 2-32 gain nothing from intra-op threads, and lose a lot on a busy shared CPU
     torch.set_num_threads(1)
@@ -137,7 +138,7 @@ print(f"floor: digit-FID of {N} real MNIST-train digits = {score(real):.2f}")
 cells = {}
 SAMPLERS = ["ancestral", "ddim", "plms", "dpm++", "dpm++sde"]  # ancestral at fewer steps: the respaced chain
 for name, steps in [("ancestral", REFERENCE_STEPS)] + [(s, k) for s in SAMPLERS for k in STEPS if (s, k) != ("ancestral", REFERENCE_STEPS)]:
-    images, seconds = sample_images(module, N, name, steps, seed=0)
+    images, seconds = timed_samples(module, N, name, steps, seed=0)
     cells[name, steps] = dict(images=images, score=score(images), seconds_per_image=seconds / N)
     print(f"{name:>9} {steps:>4} steps: {score_name} {cells[name, steps]['score']:7.3f}   {1000 * seconds / N:7.1f} ms/image")
 
@@ -172,7 +173,7 @@ plt.show()
 # The negative log-likelihood bound `L_0 + ... + L_T` (DDPM eq. 5, in bits per pixel on the
 # 256-level grid), summed over every timestep of the chain (1000), on MNIST-test digits. The
 # improved-DDPM toy learns the reverse variance; the DDPM toy's bound is taken with its fixed
-# posterior variance (`fixed_small`). `layoutdiffuse.cli.bits_per_dim` is what
+# posterior variance (`fixed_small`). `layoutdiffuse.evaluation.bits_per_dim` is what
 # `python -m layoutdiffuse evaluate --nll` runs.
 
 # %%

@@ -24,7 +24,7 @@
 # **Data.** Everything is read from one root, `$LAYOUTDIFFUSE_DATA` (default `~/data`); see the
 # `data_scripts/` to fetch and preprocess it. When a real dataset is not there, its section shows
 # the **test fixtures** instead (tiny trees of noise images in the dataset's true on-disk format,
-# written by `tests/fixtures_layout_data.py` into a temporary folder) and says so: the pictures
+# written by `layoutdiffuse/data/fixtures.py` into a temporary folder) and says so: the pictures
 # then show how the loader reads the files, not what the data looks like. Layout-MNIST is built
 # from the real MNIST digits under the data root.
 #
@@ -33,8 +33,6 @@
 # Visual Genome always cover the whole split (they come from the annotation arrays, no decoding).
 
 # %%
-import os
-import sys
 import tempfile
 from pathlib import Path
 
@@ -44,17 +42,13 @@ import torch
 from matplotlib.patches import Patch
 
 from layoutdiffuse.layout import IGNORE
+from layoutdiffuse.data import fixtures
 from layoutdiffuse.data.paths import data_root
 from layoutdiffuse.data.registry import DATASETS
 from layoutdiffuse.data.transforms import clipped_area_fraction
+from layoutdiffuse.notebook_helpers import QUICK
 from layoutdiffuse.visualize import grid
 
-QUICK = os.environ.get("LAYOUTDIFFUSE_QUICK") == "1"
-REPO = next((p for p in (Path.cwd(), Path.cwd().parent) if (p / "tests" / "fixtures_layout_data.py").exists()), None)
-if REPO is None:
-    raise FileNotFoundError(f"run this notebook from the repository root or notebooks/ (no tests/fixtures_layout_data.py near {Path.cwd()})")
-sys.path.insert(0, str(REPO / "tests"))  # the fixture writers live with the tests
-import fixtures_layout_data as fixtures  # noqa: E402
 
 ROOT = data_root()
 FIXTURES = tempfile.TemporaryDirectory(prefix="layoutdiffuse_fixtures_")  # written only for missing datasets
@@ -155,7 +149,7 @@ def show_masks(batch, ds, title):
 
 # %% [markdown]
 # ## COCO-stuff 2017
-# Things and stuff boxes, 171 classes, filtered by the LostGAN / sg2im protocol (METHOD §7): stuff
+# Things and stuff boxes, 171 classes, filtered by the LostGAN / sg2im protocol (docs/method.md §7): stuff
 # "other" dropped, boxes must cover more than 2% of the image, 3–8 objects per image, crowd boxes
 # dropped. The validation split shown here has 3,097 images under this protocol. Images are
 # stretched to a square, so boxes keep their normalised coordinates.

@@ -27,35 +27,24 @@
 # settings (slow on a CPU: these are meant for a GPU or a long background run).
 
 # %%
-import csv
-import json
-import os
-from pathlib import Path
-
 import matplotlib.pyplot as plt
 import torch
 
 from layoutdiffuse.experiment import build_model, experiment_dir, load_checkpoint, train
 from layoutdiffuse.malloc import retain_freed_memory
+from layoutdiffuse.notebook_helpers import QUICK, load_notebook_config, metric_curve, quick_config
 from layoutdiffuse.visualize import grid
 
-QUICK = os.environ.get("LAYOUTDIFFUSE_QUICK") == "1"
 retain_freed_memory()  # CPU steps reuse freed memory, as `python -m layoutdiffuse` does (layoutdiffuse/malloc.py)
-CONFIGS = Path("../configs" if Path("../configs").exists() else "configs")
 if QUICK:
     torch.set_num_threads(1)
 
 
 def load(name, expt_dir="experiments/notebook03"):
-    config = json.loads((CONFIGS / f"{name}.json").read_text())
-    config["expt_dir"] = expt_dir
+    config = load_notebook_config(name, expt_dir=expt_dir)
     if QUICK:
-        config["data"].update(length=256, batch_size=8, num_workers=0)
-        config["trainer_args"].update(max_steps=12, limit_val_batches=1, val_check_interval=6, log_every_n_steps=2, enable_progress_bar=False)
-        config["diffusion"]["lr_scheduler"].update(warmup_steps=2, total_steps=12)
+        config = quick_config(config, steps=12, samples=256, batch_size=8, base_channel=16, validate_every=6)
         config["callbacks"] = {"images": {"every_n_train_steps": 0, "n": 8, "steps": 5}}
-        if "denoising_model" in config:
-            config["denoising_model"]["base_channel"] = 16
     return config
 
 
@@ -70,6 +59,8 @@ print("foundation checkpoint:", foundation_ckpt)
 
 # %% [markdown]
 # ## 2 · Adapting it
+# (What the inserted layout-attention blocks compute, step by step on a real canvas, is notebook
+# `03b_layout_attention`.)
 # `adapt` builds the layout UNet from the foundation's own architecture, loads every foundation
 # weight (strictly), and adds only adaptor weights. Right after insertion the output is identical:
 
@@ -96,15 +87,10 @@ scratch_module = train(load("layout_mnist_scratch"))
 # ## Loss curves
 
 # %%
-def curve(config, key):
-    rows = list(csv.DictReader(open(experiment_dir(config) / "logs" / "metrics.csv")))
-    return [int(r["step"]) for r in rows if r.get(key)], [float(r[key]) for r in rows if r.get(key)]
-
-
 fig, axes = plt.subplots(1, 2, figsize=(11, 4))
 for name, config in {"adapted": adapt_config, "scratch": load("layout_mnist_scratch")}.items():
     for ax, key in zip(axes, ["train/loss", "val/loss"]):
-        steps, values = curve(config, key)
+        steps, values = metric_curve(experiment_dir(config), key)
         ax.plot(steps, values, "o-" if key == "val/loss" else "-", label=name)
         ax.set_title(key); ax.set_xlabel("step"); ax.set_yscale("log"); ax.legend()
 plt.show()

@@ -27,3 +27,13 @@ def mnist_root(tmp_path_factory) -> Path:
         install_mnist_archives(SHARED_MNIST, root)
         return root
     pytest.skip("MNIST is not available: run python data_scripts/download_mnist.py")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models and thousands of tiny ops run fastest on one intra-op thread: on a busy 2-core
+    machine a second spinning OpenMP thread made such tests 10-100x slower. Restores the count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -11,18 +11,11 @@ from layoutdiffuse.nn.adaptor import LayoutAdaptor, LayoutAttention, TaskPromptA
 from layoutdiffuse.nn.blocks import AttentionBlock
 from layoutdiffuse.nn.unet import UNet
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is fastest (tests/conftest.py)
+
 NUM_CLASSES = 5
 CONFIG = dict(in_channel=3, out_channel=3, base_channel=16, channel_mult=(1, 2, 2), num_res_blocks=1,
               attn_levels=(1, 2), num_heads=2)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: one thread is as fast, and far faster on a shared, loaded 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def randomized(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -170,11 +163,14 @@ def test_missing_and_unexpected_keys_are_listed(foundation):
     model = UNet(**CONFIG, layout={"num_classes": NUM_CLASSES})
     state = foundation.state_dict()
     broken = {k: v for k, v in state.items() if k != "out.2.weight"}
-    with pytest.raises(KeyError, match=r"missing from the foundation: \[out\.2\.weight\]"):
+    with pytest.raises(KeyError, match=r"1 missing foundation keys \[out\.2\.weight\]"):
         load_foundation_state(model, broken)
     extra = dict(state, **{"not_a_layer.weight": torch.zeros(1)})
-    with pytest.raises(KeyError, match=r"not in the adapted model: \[not_a_layer\.weight\]"):
+    with pytest.raises(KeyError, match=r"1 unexpected foundation keys \[not_a_layer\.weight\]"):
         load_foundation_state(model, extra)
+    reshaped = dict(state, **{"out.2.weight": torch.zeros(1)})
+    with pytest.raises(KeyError, match=r"1 keys with another shape .*out\.2\.weight: \(1,\)"):
+        load_foundation_state(model, reshaped)
     with pytest.raises(KeyError, match="already holds adaptor keys"):
         load_foundation_state(model, model.state_dict())
     load_foundation_state(model, state)  # the good case loads

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fixtures_layout_data import (CELEBA_MASK_SIZE, expected_celeba_label, write_celebamask, zip_folder)
+from layoutdiffuse.data.fixtures import (CELEBA_MASK_SIZE, expected_celeba_label, write_celebamask, zip_folder)
 from layoutdiffuse.data.celebmask import (CLASSES, NUM_CLASSES, PARTS, CelebAMaskHQ, boxes_from_mask, merge_celebamask,
                                           merge_parts, read_mapping, split_indices)
 from layoutdiffuse.layout import collate

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fixtures_layout_data import COCO_CAPTIONS, write_coco, zip_folder
+from layoutdiffuse.data.fixtures import COCO_CAPTIONS, write_coco, zip_folder
 from layoutdiffuse.data.coco_stuff import CLASS_TO_COCO_ID, CLASSES, COCO_ID_TO_CLASS, NUM_CLASSES, CocoStuff
 from layoutdiffuse.layout import collate
 from layoutdiffuse.data.transforms import BadImageError

@@ -1,7 +1,7 @@
 """Every layout dataset feeds a layout model: one training step of a tiny adapted UNet per loader.
 
 COCO-stuff, Visual Genome and CelebAMask-HQ come from fixtures in their true on-disk formats
-(tests/fixtures_layout_data.py), Layout-MNIST from MNIST. Datasets are built through the
+(layoutdiffuse/data/fixtures.py), Layout-MNIST from MNIST. Datasets are built through the
 ``DATASETS`` registry (as configs do); the step checks that the loss is finite, that the
 adaptor's zero-initialised outputs get gradients, and that the batch's classes reach exactly
 their rows of the instance-prompt table.
@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from fixtures_layout_data import VG_PARAMS, write_celebamask, write_coco, write_visual_genome
+from layoutdiffuse.data.fixtures import VG_PARAMS, write_celebamask, write_coco, write_visual_genome
 from layoutdiffuse.config import validate
 from layoutdiffuse.data.celebmask import merge_celebamask
 from layoutdiffuse.layout import IGNORE, validate_layout
@@ -23,18 +23,10 @@ from layoutdiffuse.nn import UNet
 from layoutdiffuse.nn.adaptor import is_adaptor_name
 from layoutdiffuse.training import DDPMTraining
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is fastest (tests/conftest.py)
+
 SIZE = 32
 CLASSES = {"coco_stuff": 171, "celebmask": 19, "layout_mnist": 10}  # visual_genome: the fixture's vocabulary (4)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These models are tiny: one intra-op thread is as fast, and on a busy 2-core machine two
-    spinning OpenMP threads made a step 10-100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -18,12 +18,7 @@ from layoutdiffuse.layout import pad_layouts
 from layoutdiffuse.sampling import load_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny ops: one thread is fastest (tests/conftest.py)
 
 
 def naive_box_mask(layout: torch.Tensor, height: int, width: int) -> torch.Tensor:

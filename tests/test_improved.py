@@ -22,16 +22,11 @@ from layoutdiffuse.diffusion.improved import (
     vlb_terms,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is fastest (tests/conftest.py)
+
 LN2 = math.log(2)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Many tiny ops: a second intra-op thread only adds barrier waits on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 GRID = -1 + 2 * np.arange(256) / 255
 
 

@@ -13,7 +13,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from tiny_sd import (LDM_VQ, SD_SCHEDULER, box_layouts, masks, one_thread, randomize, save_sd_folder,  # noqa: F401 (fixture)
+from tiny_sd import (LDM_VQ, SD_SCHEDULER, box_layouts, masks, randomize, save_sd_folder,
                      tiny_sd)
 
 from layoutdiffuse.config import ConfigError, validate
@@ -21,9 +21,10 @@ from layoutdiffuse.layout import collate
 from layoutdiffuse.data.registry import DATASETS
 from layoutdiffuse.experiment import load_checkpoint, read_checkpoint, train
 from layoutdiffuse.autoencoder import Autoencoder, LatentCache
-from layoutdiffuse.sd.foundation import (build_foundation_module, check_foundation_files, diffusion_from_scheduler,
+from layoutdiffuse.sd.schedules import diffusion_from_ldm, diffusion_from_scheduler
+from layoutdiffuse.sd.foundation import (build_foundation_module, check_foundation_files,
                                          merge_diffusion, resolve_path)
-from layoutdiffuse.sd.ldm import (LDM_CELEBAHQ_256, convert_ldm_unet, convert_ldm_vq, diffusion_from_ldm, load_ldm,
+from layoutdiffuse.sd.ldm import (LDM_CELEBAHQ_256, convert_ldm_unet, convert_ldm_vq, load_ldm,
                                   unet_config_from_ldm, vq_config_from_ldm)
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -1,4 +1,4 @@
-"""Layout attention against a deliberately naive per-object loop written from METHOD.md section 3.
+"""Layout attention against a deliberately naive per-object loop written from docs/method.md §3.
 
 The naive functions here (``naive_*``) are the reference; they loop over batch items, objects and
 heads and index cells one region at a time. ``benchmarks/bench_layout_attention.py`` imports them.
@@ -16,17 +16,10 @@ from layoutdiffuse.nn import adaptor as adaptor_mod
 from layoutdiffuse.nn.adaptor import (LayoutAttention, box_prompt_map, mask_prompt_map, rasterize_boxes,
                                       subsample_mask)
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is fastest (tests/conftest.py)
+
 NUM_CLASSES = 6
 EMBED = 8
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: one thread is as fast, and far faster on a shared, loaded 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -34,7 +27,7 @@ def one_thread():
 # ---------------------------------------------------------------------------------------------
 
 def naive_rect(box: torch.Tensor, h: int, w: int) -> tuple[int, int, int, int]:
-    """Rows ``r0:r1`` and columns ``c0:c1`` of a box, METHOD section 2 (products in the box's dtype)."""
+    """Rows ``r0:r1`` and columns ``c0:c1`` of a box, docs/method.md §2 (products in the box's dtype)."""
     x, y, bw, bh = box[0], box[1], box[2], box[3]
     i0 = min(h - 1, math.floor((y * h).item()))
     j0 = min(w - 1, math.floor((x * w).item()))
@@ -92,7 +85,7 @@ def _naive_branch(t: torch.Tensor, cells: torch.Tensor, heads: int, attend) -> t
 
 def naive_layout_attention(block: LayoutAttention, x: torch.Tensor, table: torch.Tensor, layout: torch.Tensor | None = None,
                            mask: torch.Tensor | None = None, region: bool = False, attend=naive_attend) -> torch.Tensor:
-    """METHOD section 3, literally: per batch item, per object, per head.
+    """docs/method.md §3, literally: per batch item, per object, per head.
 
     Box layouts: global branch with the null prompt on every cell, instance branch per object on
     its region, mean over covering objects, a_bg elsewhere. Mask layouts: prompt-augmented global

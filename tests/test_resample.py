@@ -10,13 +10,7 @@ from torch import nn
 
 from layoutdiffuse.diffusion.resample import LossSecondMomentResampler, UniformSampler, make_timestep_sampler
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is fastest (tests/conftest.py)
 
 
 class RefHistory:

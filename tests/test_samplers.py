@@ -14,17 +14,9 @@ import torch
 from layoutdiffuse.diffusion import GaussianDiffusion, make_sampler
 from layoutdiffuse.diffusion.solvers import logsnr_timesteps
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is fastest (tests/conftest.py)
+
 MU, S = 0.5, 0.3
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Thousands of tiny ops: a second intra-op thread only adds barrier waits (100x slower on a
-    busy 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def gaussian_eps(d: GaussianDiffusion):

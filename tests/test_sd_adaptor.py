@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tiny_sd import CONTEXT_DIM, MAX_LEN, SD_ARCHITECTURES, box_layouts, masks, one_thread, tiny_ldm, tiny_sd  # noqa: F401
+from tiny_sd import CONTEXT_DIM, MAX_LEN, SD_ARCHITECTURES, box_layouts, masks, tiny_ldm, tiny_sd
 
 from layoutdiffuse.adapt import param_groups
 from layoutdiffuse.nn.adaptor import is_adaptor_name

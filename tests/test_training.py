@@ -94,3 +94,38 @@ def test_resume_keeps_the_logged_history(tmp_path, mnist_root):
     with open(tmp_path / "logged" / "logs" / "metrics.csv", newline="") as f:
         steps = [int(row["step"]) for row in csv.DictReader(f) if row["train/loss"]]
     assert steps == list(range(8))
+
+
+VALIDATION_LOSS = """
+import torch
+from layoutdiffuse.nn import UNet
+from layoutdiffuse.training import DDPMTraining
+torch.manual_seed(0)
+model = UNet(1, 1, base_channel=8, channel_mult=[1], num_res_blocks=1, attn_levels=[])
+module = DDPMTraining(model, {"num_timesteps": 100}, image_shape=(1, 8, 8), ema_decay=0)
+module.log = lambda *args, **kwargs: None
+images = torch.linspace(-1, 1, 2 * 64).reshape(2, 1, 8, 8)
+with torch.no_grad():
+    print(repr([module.shared_step(images, mode)["loss"].item() for mode in ("val", "test")]))
+"""
+
+
+def test_validation_noise_is_the_same_in_every_process():
+    """Validation/test noise comes from fixed generator offsets, not from ``hash(str)``, which Python
+    salts per process (PYTHONHASHSEED)."""
+    import os
+    import subprocess
+    import sys
+
+    import contextlib
+    import io
+
+    here = io.StringIO()
+    with contextlib.redirect_stdout(here):
+        exec(VALIDATION_LOSS, {})
+    salt = "1" if os.environ.get("PYTHONHASHSEED") != "1" else "2"  # another salt than this process's
+    there = subprocess.run([sys.executable, "-c", VALIDATION_LOSS], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": salt}).stdout
+    assert here.getvalue() == there
+    val, test = eval(there)
+    assert val != test  # each stage draws its own noise

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from fixtures_layout_data import VG_PARAMS, write_visual_genome, zip_files, zip_folder
+from layoutdiffuse.data.fixtures import VG_PARAMS, write_visual_genome, zip_files, zip_folder
 from layoutdiffuse.data.transforms import BadImageError
 from layoutdiffuse.data.visual_genome import VisualGenome, load_vocab, preprocess_visual_genome
 

@@ -17,15 +17,9 @@ from layoutdiffuse.nn import UNet  # noqa: E402
 from layoutdiffuse.errors import UserError  # noqa: E402
 from layoutdiffuse.widgets import MIN_SIZE, LayoutSampler, clamp_box  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is fastest (tests/conftest.py)
+
 CLASSES = [str(i) for i in range(10)]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_config():

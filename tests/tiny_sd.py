@@ -54,11 +54,3 @@ def masks(b: int, size: int, num_classes: int, seed: int = 2) -> torch.Tensor:
     return m
 
 
-@pytest.fixture(scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread: with two threads on a loaded 2-core machine, OpenMP
-    synchronisation made these tests ~100x slower. Restores the thread count afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

@@ -21,7 +21,7 @@ Sample (see :mod:`layoutdiffuse.layout`)::
     image  (1, S, S) float in [-1, 1], background exactly -1
     layout (n, 5)    rows (x0/S, y0/S, w/S, h/S, digit class), in placement order
     mask   (S, S)    long: digit class where that digit's ink > mask_threshold (later digits on
-                     top), background = 255 (IGNORE, METHOD §1: null/background)
+                     top), background = 255 (IGNORE, docs/method.md §1: null/background)
     digits (max_digits,) long: index of each row's digit in its MNIST split, -1 padding
                      (fixed length, so the default collate stacks it)
 

@@ -70,3 +70,14 @@ def mnist(train: bool = True, root: str | os.PathLike | None = None, download: b
         return datasets.MNIST(str(root), train=train, transform=transform, download=download)
     except Exception as err:  # no network, or download refused
         raise MissingFileError(f"MNIST not found under {root / 'MNIST' / 'raw'} and could not be downloaded ({err}). Fetch it with: {FETCH_HINT}") from err
+
+
+def mnist_test_images(image_size: int = 32, n: int | None = None, root: str | None = None, start: int = 0) -> torch.Tensor:
+    """MNIST-test images ``(n, 1, S, S)`` in [-1, 1] on the 256-level grid, preprocessed as for training
+    (images ``start .. start + n``; all of them when ``n`` is None). Never downloads."""
+    ds = mnist(train=False, root=root, download=False, image_size=image_size)
+    stop = len(ds) if n is None else start + n
+    if not 0 <= start < stop <= len(ds):
+        raise UserError(f"MNIST-test has {len(ds)} images; asked for images {start}..{stop}")
+    # the dataset's own transform, on the whole uint8 stack at once (same values as item by item)
+    return ds.transform(ds.data[start:stop, None]).as_subclass(torch.Tensor)

@@ -8,9 +8,15 @@ A factory's keyword arguments are the keys its ``data`` config section may hold 
 """
 from __future__ import annotations
 
+import inspect
+from typing import Any
+
 from torch.utils.data import Dataset, Subset
 
 from ..registry import Registry
+from .celebmask import CelebAMaskHQ
+from .coco_stuff import CocoStuff
+from .visual_genome import VisualGenome
 from ..errors import UserError
 
 DATASETS: Registry = Registry("dataset")
@@ -72,45 +78,26 @@ def _limited(ds: Dataset, limit: int | None) -> Dataset:
     return LayoutSubset(ds, range(min(limit, len(ds))))
 
 
+def register_limited(name: str, cls: type, skip: tuple[str, ...] = ("transform",)) -> None:
+    """Register ``cls`` under ``name``: its constructor's keyword arguments (less ``skip``) are the
+    ``data`` config keys, plus ``limit`` (keep the first ``limit`` samples, for quick runs)."""
+
+    def factory(split: str = "train", limit: int | None = None, **kwargs: Any) -> Dataset:
+        return _limited(cls(split=split, **kwargs), limit)
+
+    params = [p for n, p in inspect.signature(cls.__init__).parameters.items()
+              if n not in ("self", "split", *skip) and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    factory.__signature__ = inspect.Signature([
+        inspect.Parameter("split", inspect.Parameter.POSITIONAL_OR_KEYWORD, default="train"), *params,
+        inspect.Parameter("limit", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None)])
+    factory.__name__ = f"{name}_dataset"
+    factory.__doc__ = f":class:`{cls.__module__}.{cls.__name__}` by name; ``limit`` keeps the first ``limit`` samples."
+    DATASETS.register(name)(factory)
+
+
 # The real-image layout datasets. Each loader checks its own split names (COCO-stuff: train, val;
 # Visual Genome: train, val, test; CelebAMask-HQ: train, val, test, all); training asks for train
 # and val. Set ``image_size`` explicitly in configs: the experiment's image shape is read from it.
-@DATASETS.register("coco_stuff")
-def coco_stuff_dataset(split: str = "train", root: str | None = None, image_size: int = 128, crop: str | None = None,
-                       flip: float = 0.0, min_object_size: float = 0.02, min_objects: int = 3, max_objects: int | None = 8,
-                       crowd: str = "drop", stuff_only: bool = True, caption: str | None = None,
-                       on_bad_image: str = "skip", files: dict | None = None, limit: int | None = None) -> Dataset:
-    """:class:`~layoutdiffuse.data.coco_stuff.CocoStuff` (LostGAN / sg2im filter): box layouts over
-    171 classes from ``<root>/coco``. ``limit`` keeps the first ``limit`` images (quick runs)."""
-    from .coco_stuff import CocoStuff
-
-    return _limited(CocoStuff(split=split, root=root, image_size=image_size, crop=crop, flip=flip,
-                              min_object_size=min_object_size, min_objects=min_objects, max_objects=max_objects,
-                              crowd=crowd, stuff_only=stuff_only, caption=caption, on_bad_image=on_bad_image,
-                              files=files), limit)
-
-
-@DATASETS.register("visual_genome")
-def visual_genome_dataset(split: str = "train", root: str | None = None, image_size: int = 128, crop: str | None = None,
-                          flip: float = 0.0, min_object_size: float = 0.02, min_objects: int = 3, max_objects: int | None = 30,
-                          on_bad_image: str = "skip", processed_dir: str | None = None, image_dir: str | None = None,
-                          limit: int | None = None) -> Dataset:
-    """:class:`~layoutdiffuse.data.visual_genome.VisualGenome` (sg2im split and preprocessing):
-    box layouts over the preprocessed vocabulary (178 classes on VG 1.4) from ``<root>/vg``."""
-    from .visual_genome import VisualGenome
-
-    return _limited(VisualGenome(split=split, root=root, image_size=image_size, crop=crop, flip=flip,
-                                 min_object_size=min_object_size, min_objects=min_objects, max_objects=max_objects,
-                                 on_bad_image=on_bad_image, processed_dir=processed_dir, image_dir=image_dir), limit)
-
-
-@DATASETS.register("celebmask")
-def celebmask_dataset(split: str = "train", root: str | None = None, image_size: int = 256, flip: float = 0.0,
-                      boxes: bool = True, on_bad_image: str = "skip", limit: int | None = None) -> Dataset:
-    """:class:`~layoutdiffuse.data.celebmask.CelebAMaskHQ`: faces with 19-class part masks
-    (``mask``, background 0) and mask-derived boxes (``layout``) from ``<root>/CelebAMask-HQ``;
-    train a mask model with the adaptor's ``"mask": true``."""
-    from .celebmask import CelebAMaskHQ
-
-    return _limited(CelebAMaskHQ(split=split, root=root, image_size=image_size, flip=flip, boxes=boxes,
-                                 on_bad_image=on_bad_image), limit)
+register_limited("coco_stuff", CocoStuff)            # LostGAN / sg2im filter, 171 classes, <root>/coco
+register_limited("visual_genome", VisualGenome)      # sg2im split and preprocessing, <root>/vg
+register_limited("celebmask", CelebAMaskHQ)          # 19-class part masks + mask-derived boxes, <root>/CelebAMask-HQ

@@ -19,7 +19,7 @@ It writes ``<root>/vg/processed/``::
 
 Class ids are sg2im's object indices minus one (sg2im reserves 0 for ``__image__``), so they
 are contiguous ``0..K-1``. :class:`VisualGenome` then applies the layout-to-image filter of
-METHOD §7 on top: objects must cover ``> min_object_size`` (0.02) of the image (box clipped to
+docs/method.md §7 on top: objects must cover ``> min_object_size`` (0.02) of the image (box clipped to
 the image), and images keep 3-30 of them. ``min_object_size=0`` gives sg2im's own split files.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Diversity of the samples of one layout: mean pairwise digit-LPIPS.
 
-The field reports LPIPS between samples of one layout (METHOD.md §7). Without the AlexNet/VGG
+The field reports LPIPS between samples of one layout (docs/method.md §7). Without the AlexNet/VGG
 LPIPS weights (no model hubs here), this uses the same formula (Zhang et al. 2018, eq. 1) with
 the MNIST :class:`DigitClassifier` trunk as the network and unit layer weights:
 

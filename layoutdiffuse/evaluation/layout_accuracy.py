@@ -1,6 +1,6 @@
 """Layout accuracy: does each box of a generated canvas contain the digit its layout asks for?
 
-Classification accuracy of box crops (the "CAS"-style alignment score of §7 of METHOD.md), for
+Classification accuracy of box crops (the "CAS"-style alignment score of §7 of docs/method.md), for
 digit layouts (classes 0..9). All boxes of a batch are cropped at once with
 ``torchvision.ops.roi_align`` and classified in one batch:
 

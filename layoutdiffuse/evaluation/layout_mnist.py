@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from ..sampling import sample_batched
 from .crop_classifier import CROP, load_crop_classifier
 from .diversity import diversity
 from .fid import digit_fid
@@ -27,18 +28,8 @@ from ..errors import UserError
 
 
 def generate(module: Any, layouts: torch.Tensor, seed: int = 0, batch_size: int = 100, **sampling: Any) -> torch.Tensor:
-    """Samples ``(B, C, H, W)`` in [-1, 1] for ``layouts: (B, N, 5)``, drawn in batches; batch ``i``
-    uses a generator seeded ``seed + i * batch_size`` (so results do not depend on what ran before).
-    ``sampling``: ``sampler``, ``steps``, ``guidance`` (``None`` = the module's setting)."""
-    if batch_size < 1:
-        raise UserError(f"batch_size must be >= 1, got {batch_size}")
-    opts = {k: v for k, v in sampling.items() if v is not None}
-    out = []
-    for i in range(0, len(layouts), batch_size):
-        chunk = layouts[i : i + batch_size].to(module.device)
-        g = torch.Generator(device=module.device).manual_seed(seed + i)
-        out.append(module.sample(len(chunk), cond={"layout": chunk}, generator=g, **opts).cpu())
-    return torch.cat(out)
+    """Samples ``(B, C, H, W)`` in [-1, 1] for ``layouts: (B, N, 5)``: :func:`layoutdiffuse.sampling.sample_batched`."""
+    return sample_batched(module, len(layouts), layouts, seed=seed, batch_size=batch_size, **sampling)
 
 
 def evaluate_layout_mnist(module: Any, n: int = 500, sampler: str | None = None, steps: int | None = None,

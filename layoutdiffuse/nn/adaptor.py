@@ -1,6 +1,6 @@
 """The LayoutDiffuse neural adaptor: instance prompts, layout attention, task-aware prompts.
 
-METHOD.md sections 2-4, computed without Python loops over batch items, heads or objects.
+docs/method.md §2-4, computed without Python loops over batch items, heads or objects.
 
 * :func:`rasterize_boxes` -- which feature cells a box covers at a resolution ``(h, w)``.
 * :func:`box_prompt_map`, :func:`mask_prompt_map` -- instance prompts: the embedding of the
@@ -53,7 +53,7 @@ BUCKET_OVERHEAD = {"cpu": 1e6, "cuda": 1e8}
 
 
 # ---------------------------------------------------------------------------------------------
-# Instance prompts (METHOD section 2)
+# Instance prompts (docs/method.md §2)
 # ---------------------------------------------------------------------------------------------
 
 def rasterize_boxes(layout: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -283,7 +283,7 @@ def build_regions(cover: torch.Tensor, classes: torch.Tensor, width: int, overhe
 
 
 # ---------------------------------------------------------------------------------------------
-# Layout attention (METHOD section 3)
+# Layout attention (docs/method.md §3)
 # ---------------------------------------------------------------------------------------------
 
 class LayoutAttention(ConditionBlock):
@@ -397,7 +397,7 @@ def _heads(tokens: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor
 
 
 def region_attention(tokens: torch.Tensor, ptab: torch.Tensor, regions: Regions, heads: int) -> torch.Tensor:
-    """Fused layout attention of METHOD section 3 before ``proj_out``.
+    """Fused layout attention of docs/method.md §3 before ``proj_out``.
 
     ``tokens: (B, L, 3C)`` = q|k|v per cell, ``ptab: (num_classes + 1, 3C)`` projected prompt rows
     (last = null) -> ``a: (B, L, C)``: mean over covering objects of the region-restricted
@@ -437,7 +437,7 @@ def region_attention(tokens: torch.Tensor, ptab: torch.Tensor, regions: Regions,
 
 
 # ---------------------------------------------------------------------------------------------
-# Task-aware prompts (METHOD section 4, unconditional foundation)
+# Task-aware prompts (docs/method.md §4, unconditional foundation)
 # ---------------------------------------------------------------------------------------------
 
 class TaskPromptAttention(nn.Module):

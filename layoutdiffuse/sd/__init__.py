@@ -20,7 +20,7 @@ from .spec import FOUNDATION_KEYS, FOUNDATIONS, is_foundation_config
 _LAZY = {
     "LayoutDiffusersUNet": "layout_unet", "TaskPromptProcessor": "layout_unet", "PromptGate": "layout_unet", "layout_sites": "layout_unet",
     "Foundation": "foundation", "load_foundation": "foundation", "build_foundation_module": "foundation",
-    "check_foundation_files": "foundation", "diffusion_from_scheduler": "foundation",
+    "check_foundation_files": "foundation", "diffusion_from_scheduler": "schedules", "diffusion_from_ldm": "schedules",
     "convert_ldm_unet": "ldm", "convert_ldm_vq": "ldm", "load_ldm": "ldm",
 }
 

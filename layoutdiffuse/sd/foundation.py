@@ -33,6 +33,7 @@ from torch import nn
 
 from ..data.paths import data_root
 from ..autoencoder import Autoencoder, require_diffusers
+from .schedules import diffusion_from_scheduler
 from .spec import FOUNDATIONS
 from ..errors import UserError, MissingFileError
 
@@ -45,9 +46,6 @@ DOWNLOAD_HINT = {
     "stable_diffusion": "download it with `bash data_scripts/download_pretrained_models.sh sd15` (or sd21)",
     "ldm": "download it with `bash data_scripts/download_pretrained_models.sh ldm-celebahq`",
 }
-#: diffusers scheduler config -> GaussianDiffusion arguments
-PREDICTION_TYPES = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
-BETA_SCHEDULES = {"scaled_linear": "scaled_linear", "linear": "linear", "squaredcos_cap_v2": "cosine"}
 
 
 @dataclass
@@ -68,22 +66,6 @@ def resolve_path(path: str | os.PathLike) -> Path:
     """``$LAYOUTDIFFUSE_DATA`` (default ``~/data``), other environment variables and ``~`` expanded."""
     text = re.sub(r"\$\{?LAYOUTDIFFUSE_DATA\}?", lambda _: str(data_root()), str(path))
     return Path(os.path.expandvars(text)).expanduser()
-
-
-def diffusion_from_scheduler(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """GaussianDiffusion arguments of a diffusers ``scheduler_config.json``."""
-    schedule = cfg.get("beta_schedule", "linear")
-    prediction = cfg.get("prediction_type", "epsilon")
-    if schedule not in BETA_SCHEDULES:
-        raise NotImplementedError(f"scheduler beta_schedule {schedule!r} is not supported; choose one of: {', '.join(BETA_SCHEDULES)}")
-    if prediction not in PREDICTION_TYPES:
-        raise NotImplementedError(f"scheduler prediction_type {prediction!r} is not supported; choose one of: {', '.join(PREDICTION_TYPES)}")
-    out: dict[str, Any] = {"schedule": BETA_SCHEDULES[schedule], "num_timesteps": int(cfg.get("num_train_timesteps", 1000)),
-                           "prediction": PREDICTION_TYPES[prediction]}
-    if out["schedule"] != "cosine":
-        out["beta_start"] = float(cfg.get("beta_start", 1e-4))
-        out["beta_end"] = float(cfg.get("beta_end", 2e-2))
-    return out
 
 
 # --- file checks (fail before building anything) ---------------------------------------------------
@@ -192,7 +174,7 @@ def build_foundation_module(config: Mapping[str, Any], architecture: Mapping[str
     ``architecture``: the ``model`` entry of a checkpoint (rebuilding a trained module: the frozen
     parts come from the foundation, the UNet architecture must match the stored one).
     """
-    from ..config import ConfigError
+    from ..schema import ConfigError
     from ..training.latent import LatentDDPMTraining
     from ..training.registry import TRAININGS
     from .layout_unet import LayoutDiffusersUNet, plain_config

@@ -8,9 +8,9 @@ diffusers modules: the adaptor reaches them through
 
 * **forward hooks** -- a :class:`~layoutdiffuse.nn.adaptor.LayoutAttention` runs on the output of
   every transformer block (``Transformer2DModel`` in Stable Diffusion, self-``Attention`` in LDM) at
-  the chosen levels, or of every ResNet at a chosen level that has no attention (METHOD.md section 3);
+  the chosen levels, or of every ResNet at a chosen level that has no attention (docs/method.md §3);
 * **attention processors** (``Attention.set_processor``) -- :class:`TaskPromptProcessor` adds the
-  task-aware prompts (METHOD.md section 4). Text foundations: the prompt tokens are projected
+  task-aware prompts (docs/method.md §4). Text foundations: the prompt tokens are projected
   (bias-free) to the text-context dimension and appended to the text context of every
   cross-attention layer; each layer attends to them with its own pretrained ``to_k``/``to_v``.
   Unconditional foundations: every self-attention layer gets a
@@ -38,17 +38,13 @@ from torch.utils.checkpoint import checkpoint
 from ..autoencoder import require_diffusers
 from ..nn.adaptor import LayoutAdaptor, TaskPromptAttention, is_adaptor_name
 from .spec import LAYOUT_DEFAULTS
-from ..errors import UserError
+from ..errors import StateDictError, UserError
+from ..state_dicts import state_dict_mismatch
 
 log = logging.getLogger(__name__)
 
 UNET_CLASSES = ("UNet2DConditionModel", "UNet2DModel")
 _DEFAULT_PROCESSORS = ("AttnProcessor2_0",)
-
-
-def _listed(keys: Sequence[str], limit: int = 20) -> str:
-    more = f" ... and {len(keys) - limit} more" if len(keys) > limit else ""
-    return "[" + ", ".join(keys[:limit]) + more + "]"
 
 
 def plain_config(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -318,7 +314,7 @@ class LayoutDiffusersUNet(nn.Module):
         if strict:
             report = state_dict_mismatch(self, state_dict)
             if report:
-                raise KeyError(f"state dict does not match this adapted {type(self.unet).__name__}: {report}")
+                raise StateDictError(f"state dict does not match this adapted {type(self.unet).__name__}: {report}")
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     # --- forward -----------------------------------------------------------------------------------
@@ -361,24 +357,3 @@ class LayoutDiffusersUNet(nn.Module):
             return self.unet(x, t, return_dict=False)[0]
         finally:
             self._cond = None
-
-
-def state_dict_mismatch(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> str:
-    """Empty when ``state_dict`` fits ``model`` exactly; else which keys are missing, unexpected or mis-shaped
-    (foundation and adaptor keys listed apart)."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in own]
-    shapes = [f"{k}: {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}" for k in own
-              if k in state_dict and hasattr(state_dict[k], "shape") and tuple(state_dict[k].shape) != tuple(own[k].shape)]
-    parts = []
-    for what, keys in (("missing", missing), ("unexpected", unexpected)):
-        adaptor = [k for k in keys if is_adaptor_name(k)]
-        other = [k for k in keys if not is_adaptor_name(k)]
-        if other:
-            parts.append(f"{len(other)} {what} foundation keys {_listed(other)}")
-        if adaptor:
-            parts.append(f"{len(adaptor)} {what} adaptor keys {_listed(adaptor)}")
-    if shapes:
-        parts.append(f"{len(shapes)} keys with another shape (given vs model) {_listed(shapes)}")
-    return "; ".join(parts)

@@ -21,8 +21,9 @@ from typing import Any, Mapping
 
 import torch
 
-from .layout_unet import state_dict_mismatch
-from ..errors import UserError
+from ..errors import StateDictError, UserError
+from ..state_dicts import state_dict_mismatch
+from .schedules import diffusion_from_ldm, diffusion_from_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +40,6 @@ LDM_CELEBAHQ_256: dict[str, Any] = {"model": {"params": {
     "cond_stage_config": "__is_unconditional__",
 }}}
 
-#: LDM ``beta_schedule`` -> this project's schedule name (LDM's "linear" is linear in sqrt(beta))
-LDM_SCHEDULES = {"linear": "scaled_linear", "sqrt_linear": "linear", "cosine": "cosine"}
-LDM_PREDICTIONS = {"eps": "eps", "x0": "x0", "v": "v"}
 
 
 # --- configs ------------------------------------------------------------------------------------
@@ -99,19 +97,6 @@ def vq_config_from_ldm(params: Mapping[str, Any], scale_factor: float) -> dict[s
                 layers_per_block=dd["num_res_blocks"], latent_channels=dd["z_channels"], num_vq_embeddings=params["n_embed"],
                 vq_embed_dim=params["embed_dim"], sample_size=dd.get("resolution", 256), norm_num_groups=32,
                 scaling_factor=scale_factor)
-
-
-def diffusion_from_ldm(params: Mapping[str, Any]) -> dict[str, Any]:
-    """GaussianDiffusion arguments (schedule, timesteps, betas, prediction) of LDM ``model.params``."""
-    schedule = params.get("beta_schedule", "linear")
-    if schedule not in LDM_SCHEDULES:
-        raise NotImplementedError(f"LDM beta_schedule {schedule!r} is not supported; choose one of: {', '.join(LDM_SCHEDULES)}")
-    out: dict[str, Any] = {"schedule": LDM_SCHEDULES[schedule], "num_timesteps": int(params.get("timesteps", 1000)),
-                           "prediction": LDM_PREDICTIONS[params.get("parameterization", "eps")]}
-    if out["schedule"] != "cosine":
-        out["beta_start"] = float(params.get("linear_start", 1e-4))
-        out["beta_end"] = float(params.get("linear_end", 2e-2))
-    return out
 
 
 # --- weights ------------------------------------------------------------------------------------
@@ -279,8 +264,6 @@ def load_ldm(path: str | Path, use_ema: bool = True) -> tuple[Any, Any, dict[str
         unet = UNet2DModel.from_pretrained(path, subfolder="unet", local_files_only=True)
         vq = VQModel.from_pretrained(path, subfolder="vqvae", local_files_only=True)
         sched = path / "scheduler" / "scheduler_config.json"
-        from .foundation import diffusion_from_scheduler
-
         diffusion = diffusion_from_scheduler(json.loads(sched.read_text())) if sched.exists() else diffusion_from_ldm(LDM_CELEBAHQ_256["model"]["params"])
         return unet.eval(), vq.eval(), diffusion, 1.0  # diffusers' LDMPipeline uses the VQ latents unscaled
     ckpt = path / "model.ckpt" if path.is_dir() else path
@@ -315,5 +298,5 @@ def load_ldm(path: str | Path, use_ema: bool = True) -> tuple[Any, Any, dict[str
 def _load_exact(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], what: str) -> None:
     report = state_dict_mismatch(model, state_dict)
     if report:
-        raise KeyError(f"{what} does not match the {type(model).__name__} built from its config: {report}")
+        raise StateDictError(f"{what} does not match the {type(model).__name__} built from its config: {report}")
     model.load_state_dict(state_dict)

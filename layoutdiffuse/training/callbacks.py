@@ -1,4 +1,6 @@
-"""Callbacks: sample grids written to the experiment folder (and wandb), and checkpoint plumbing."""
+"""Callbacks, in one place: what a config's ``callbacks`` section may hold (:data:`CALLBACK_KEYS`),
+the callbacks built from it (:func:`build_callbacks`), sample grids written to the experiment folder
+(and wandb), and the metadata every checkpoint carries (:class:`SaveConfig`)."""
 from __future__ import annotations
 
 import logging
@@ -11,6 +13,42 @@ import torch
 from ..visualize import save_grid
 
 log = logging.getLogger(__name__)
+
+#: the checkpoint entry holding what rebuilds a module (config, architecture, image shape, class names)
+CKPT_KEY = "layoutdiffuse"
+
+#: allowed keys (with example defaults for type checks) of each ``callbacks`` config section
+CALLBACK_KEYS = {
+    "checkpoint": {"every_n_train_steps": 1, "every_n_epochs": 1, "save_top_k": 1, "save_last": True},
+    "images": {"every_n_train_steps": 1, "n": 1, "sampler": "", "steps": 1, "guidance": 1.0, "eta": 0.0, "clip": True, "seed": 0},
+    "wandb": {"enabled": False, "project": "", "mode": "", "entity": None},
+}
+
+
+def checkpoint_meta(module: pl.LightningModule) -> dict[str, Any]:
+    """What a checkpoint needs to rebuild its module: config, architecture, image shape, class names."""
+    return {"config": module.config, "model": module.model.config, "image_shape": list(module.image_shape),
+            "class_names": list(getattr(module, "class_names", None) or [])}
+
+
+class SaveConfig(pl.Callback):
+    """Stores :func:`checkpoint_meta` (plain data only) in every checkpoint under :data:`CKPT_KEY`."""
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CKPT_KEY] = checkpoint_meta(pl_module)
+
+
+def build_callbacks(sections: dict[str, Any], out_dir: Path, class_names: list[str] | None = None) -> list[pl.Callback]:
+    """The callbacks of a config's ``callbacks`` sections for an experiment folder ``out_dir``: the
+    metadata writer, step checkpoints in ``out_dir/checkpoints`` and, when configured, sample grids in
+    ``out_dir/images``. (``wandb`` is a logger, built by :func:`layoutdiffuse.experiment.build_trainer`.)"""
+    ckpt_args = {"save_last": True, "save_top_k": -1, **sections.get("checkpoint", {})}
+    callbacks: list[pl.Callback] = [SaveConfig(), pl.callbacks.ModelCheckpoint(
+        dirpath=out_dir / "checkpoints", filename="step_{step:06d}", auto_insert_metric_name=False, **ckpt_args)]
+    images = dict(sections.get("images", {}))
+    if images:
+        callbacks.append(ImageLogger(out_dir / "images", class_names=class_names, **images))
+    return callbacks
 
 
 class ImageLogger(pl.Callback):

@@ -14,9 +14,10 @@ run would.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from functools import partial
-from typing import Any
+from typing import Any, Iterator
 
 import pytorch_lightning as pl
 import torch
@@ -27,6 +28,21 @@ from ..diffusion import GaussianDiffusion, classifier_free_guidance, conditioned
 from ..diffusion.gaussian import ModelFn
 from ..diffusion.guidance import drop_condition, null_condition
 from ..errors import UserError
+
+
+#: generator offsets of the loss noise per stage (fixed numbers: ``hash(str)`` is salted per process)
+MODE_OFFSETS = {"train": 0, "val": 1, "test": 2}
+
+
+@contextlib.contextmanager
+def evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode inside the block, its previous mode restored however the block ends."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 def ema_multi_avg(decay: float, averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
@@ -92,7 +108,7 @@ class DDPMTraining(pl.LightningModule):
         Collected along the MRO, so a subclass whose ``__init__`` forwards ``**kwargs`` (e.g.
         ``DDIMTraining``) still accepts the base class's keys (``optimizer``, ``ema_decay``, ...).
         """
-        from ..config import signature_defaults
+        from ..schema import signature_defaults
 
         skip = ("denoising_model", "diffusion", "image_shape", "seed", "config")
         keys: dict[str, Any] = {}
@@ -142,7 +158,7 @@ class DDPMTraining(pl.LightningModule):
     def shared_step(self, batch: Any, mode: str) -> dict[str, Any]:
         inputs = self.process_batch(batch, mode)
         x0, cond = inputs["x0"], inputs.get("cond")
-        g = self.step_generator(0 if mode == "train" else hash(mode) % 1000 + 1)
+        g = self.step_generator(MODE_OFFSETS[mode])  # a fixed offset: str hashes are salted per process
         if mode == "train" and cond is not None and self.cond_drop_prob > 0:
             cond = drop_condition(cond, self.cond_drop_prob, g)
         t, weights = self.sample_timesteps(x0.shape[0], g)
@@ -234,12 +250,10 @@ class DDPMTraining(pl.LightningModule):
         opts = {**self.sampling_args, **overrides}
         name, guidance = opts.pop("sampler"), opts.pop("guidance")
         model = self.sampling_model if use_ema else self.model
-        was_training = model.training
-        model.eval()
         model_fn = self.guided_model_fn(model, cond, guidance)
         sampler = make_sampler(name, self.diffusion, **opts)
-        images = sampler.sample(model_fn, (n, *self.image_shape), generator=generator, progress=progress, device=self.device)
-        model.train(was_training)
+        with evaluating(model):
+            images = sampler.sample(model_fn, (n, *self.image_shape), generator=generator, progress=progress, device=self.device)
         return images.clamp(-1, 1)
 
     def guided_model_fn(self, model: nn.Module, cond: dict[str, Any] | None, guidance: float) -> ModelFn:

@@ -20,7 +20,7 @@ from torch import nn
 
 from ..diffusion import classifier_free_guidance, conditioned, make_sampler
 from ..diffusion.guidance import null_condition
-from .ddpm import DDPMTraining
+from .ddpm import DDPMTraining, evaluating
 from ..errors import UserError
 
 log = logging.getLogger(__name__)
@@ -202,8 +202,6 @@ class LatentDDPMTraining(DDPMTraining):
             log.warning("clip=True ignored: latents are not in [-1, 1] (decoded images are clamped)")
             opts["clip"] = False
         model = self.sampling_model if use_ema else self.model
-        was_training = model.training
-        model.eval()
         cond = dict(cond or {})
         if negative_prompt is not None and self.text_encoder is None:
             raise UserError("negative_prompt needs a text foundation (this model has no text encoder)")
@@ -216,6 +214,6 @@ class LatentDDPMTraining(DDPMTraining):
         else:
             model_fn = conditioned(model, self.encode_condition(cond, n))
         sampler = make_sampler(name, self.diffusion, **opts)
-        z = sampler.sample(model_fn, (n, *self.image_shape), generator=generator, progress=progress, device=self.device)
-        model.train(was_training)
+        with evaluating(model):
+            z = sampler.sample(model_fn, (n, *self.image_shape), generator=generator, progress=progress, device=self.device)
         return self.decode_latents(z) if decode else z

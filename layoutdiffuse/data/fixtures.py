@@ -1,9 +1,9 @@
 """Tiny COCO-stuff, Visual Genome and CelebAMask-HQ trees in their true on-disk formats.
 
 Each writer takes a data root (what ``$LAYOUTDIFFUSE_DATA`` would be) and lays the files out
-where the loaders and ``data_scripts/`` expect them, with small images. The tests import this
-module; a notebook can too (``sys.path.insert(0, "tests")``) to show the loaders without the
-real data. The contents are declared here as plain data so tests can state what must come out.
+where the loaders and ``data_scripts/`` expect them, with small images. The tests use them, and
+notebook 02 shows the loaders on them when the real data is absent. The contents are declared here
+as plain data so tests can state what must come out.
 """
 from __future__ import annotations
 
