@@ -1,4 +1,4 @@
-"""Command line: ``python -m layoutdiffuse {train,sample,edit,evaluate} ...``.
+"""Command line: ``python -m layoutdiffuse {train,sample,edit,evaluate,convert-release} ...``.
 
 User errors (a bad config, a missing file, a bad layout) print one clear line and exit 2.
 """
@@ -7,11 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import sys
-import time
-from pathlib import Path
-from typing import Any
 from .errors import UserError
 
 log = logging.getLogger("layoutdiffuse")
@@ -39,7 +35,8 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
     module = load_model(args.ckpt)
     start = time.perf_counter()
-    images, layouts = sample(args.layout, n=args.n, ckpt=module, sampler=args.sampler, steps=args.steps, guidance=args.guidance, seed=args.seed, progress=True)
+    images, layouts = sample(args.layout, n=args.n, ckpt=module, sampler=args.sampler, steps=args.steps, guidance=args.guidance, seed=args.seed, progress=True,
+                              prompt=args.prompt, negative_prompt=args.negative_prompt)
     seconds = time.perf_counter() - start
     path = save_grid(images, args.out, layouts=layouts, class_names=module.class_names or None)
     log.info("wrote %d samples to %s (%.1f s)", args.n, path, seconds)
@@ -70,6 +67,14 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     sys.stdout.write(json.dumps({"ckpt": str(args.ckpt), **result}, indent=1) + "\n")
 
 
+def cmd_convert_release(args: argparse.Namespace) -> None:
+    from .release.export import convert_release
+
+    path = convert_release(args.ckpt, args.release_config, args.out, foundation=args.foundation, class_names=args.class_names,
+                           guidance=args.guidance)
+    log.info("wrote %s; sample it with: python -m layoutdiffuse sample --ckpt %s --layout LAYOUT.json", path, path)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m layoutdiffuse", description="Layout-to-image diffusion: train, sample, edit, evaluate.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -86,6 +91,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=int)
     s.add_argument("--guidance", type=float)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--prompt", help="caption (models with a text encoder, e.g. converted Stable Diffusion release checkpoints)")
+    s.add_argument("--negative-prompt", help="text of the unconditional branch of guidance (default: the empty caption)")
     s.add_argument("--out", default="samples.png", help="PNG grid, each sample with its layout drawn over it")
     s.set_defaults(func=cmd_sample)
     d = sub.add_parser("edit", help="edit an image by its layout: re-generate only the objects that changed (masked sampling)")
@@ -119,6 +126,17 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--device", help="cpu | cuda (default: cuda when available)")
     e.add_argument("--progress", action="store_true", help="show a progress bar for --nll")
     e.set_defaults(func=cmd_evaluate)
+    r = sub.add_parser("convert-release", help="convert a checkpoint of the original LayoutDiffuse release (read without running code "
+                       "from it) to a .safetensors file this project loads")
+    r.add_argument("ckpt", help="the release's .ckpt (Lightning checkpoint with denoise_fn.* UNet keys)")
+    r.add_argument("--release-config", required=True, help="the release's config JSON (or its denoising_model / diffusion parts), "
+                   "or a published model's name: cocostuff_SD1_5, cocostuff_SD2_1, cocostuff, vg, celeb_mask")
+    r.add_argument("--out", required=True, help="output .safetensors (weights in float32, config inside)")
+    r.add_argument("--foundation", help="the foundation's folder (Stable Diffusion diffusers folder, CelebA-HQ LDM); "
+                   "without it only the UNet is converted")
+    r.add_argument("--class-names", help="layout class names: 'coco-stuff' (the release's COCO id - 1 table) or a JSON list file")
+    r.add_argument("--guidance", type=float, help="default guidance scale stored with the model (default: 5 for boxes, 1 for masks)")
+    r.set_defaults(func=cmd_convert_release)
     return p
 
 

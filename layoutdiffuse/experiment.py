@@ -17,13 +17,13 @@ import torch
 from torch.utils.data import DataLoader
 
 from .config import validate
-from .schema import ConfigError
 from .data.loader import ResumableDataLoader
 from .data.registry import DATASETS
 from .files import save_safetensors
 from .nn import UNet
 from .sd.spec import is_foundation_config
 from .training.callbacks import CKPT_KEY, build_callbacks, checkpoint_meta
+from .training.progress import ProgressLog, StepProgressBar, interactive
 from .training.registry import TRAININGS
 from .errors import UserError, MissingFileError
 
@@ -103,7 +103,7 @@ def build_module(config: dict[str, Any], model: UNet | None = None, architecture
 
         return build_foundation_module(config, architecture=architecture)
     if model is None:
-        model = UNet(**architecture) if architecture is not None else build_model(config)
+        model = model_from_architecture(architecture) if architecture is not None else build_model(config)
     cls = TRAININGS.get(config["diffusion"].get("training", "DDPMTraining"))
     process, kwargs = cls.split_config(config["diffusion"])
     if image_shape is None:
@@ -121,6 +121,11 @@ def build_trainer(config: dict[str, Any], class_names: list[str] | None = None, 
     if wandb.get("enabled"):
         loggers.append(pl.loggers.WandbLogger(project=wandb.get("project", "layoutdiffuse"), name=config["expt_name"], save_dir=str(out), offline=wandb.get("mode", "offline") == "offline", entity=wandb.get("entity")))
     args = {"max_steps": 1000, "log_every_n_steps": 10, "enable_model_summary": False, "logger": loggers, **config.get("trainer_args", {}), **overrides}
+    # a live reader gets the step bar; redirected output gets periodic log lines instead of bar redraws
+    show_bar = args.get("enable_progress_bar", True) and interactive()
+    args["enable_progress_bar"] = show_bar
+    callbacks += [StepProgressBar()] if show_bar else []
+    callbacks.append(ProgressLog(periodic=not show_bar))
     return pl.Trainer(default_root_dir=str(out), callbacks=callbacks, **args)
 
 
@@ -191,6 +196,16 @@ def read_weights(path: Path, map_location: str | torch.device) -> dict[str, Any]
     return {CKPT_KEY: json.loads(meta), "state_dict": state}
 
 
+def model_from_architecture(arch: dict[str, Any]) -> torch.nn.Module:
+    """The denoiser of a checkpoint's ``model`` entry: a :class:`UNet`, or a diffusers layout UNet
+    (``unet_class`` set: e.g. a converted release checkpoint without its foundation)."""
+    if "unet_class" in arch:
+        from .sd.layout_unet import LayoutDiffusersUNet
+
+        return LayoutDiffusersUNet.from_config(arch)
+    return UNet(**arch)
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> pl.LightningModule:
     """A trained module from a Lightning checkpoint or a ``.safetensors`` export (architecture and
     config are stored in it). Never unpickles code: ``weights_only=True`` / safetensors."""
@@ -210,6 +225,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         state = {**state, **{"model." + k[len("ema.module."):]: v for k, v in state.items()}}
         if module.ema is not None:
             state["ema.n_averaged"] = torch.tensor(1)
+        else:  # a module without EMA (ema_decay 0): the weights are its model's
+            state = {k: v for k, v in state.items() if not k.startswith("ema.module.")}
     missing, unexpected = module.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise UserError(f"checkpoint {path} does not match its architecture: missing keys {missing[:10]}, unexpected keys {unexpected[:10]}")

@@ -62,8 +62,8 @@ def sample_batched(module: pl.LightningModule, n: int, layouts: torch.Tensor | N
 
     ``layouts``: ``(n, N, 5)`` box layouts (row ``i`` conditions image ``i``) or ``None``
     (unconditional). The batch starting at image ``i`` draws from a generator seeded ``seed + i``,
-    so a sample does not depend on the batch size or on what ran before. ``prompt``: the caption
-    of every sample (text models). ``sampling``: ``sampler``, ``steps``, ``guidance``,
+    so a sample does not depend on the batch size or on what ran before. ``prompt``: the caption of
+    every sample (text foundations). ``sampling``: ``sampler``, ``steps``, ``guidance``,
     ``negative_prompt``, ... (``None`` = the module's setting).
     """
     if batch_size < 1:
@@ -108,16 +108,18 @@ def sample(
 
     ``layout``: ``None`` / ``[]`` (unconditional: the empty layout), a layout file path, a list of
     ``{"label", "box"}`` objects, or a tensor ``(N, 5)``. Unset sampler options use the model's defaults.
-    ``prompt`` / ``negative_prompt``: text for models with a text encoder (:func:`is_text_model`).
+    ``prompt`` / ``negative_prompt``: the caption and the unconditional branch's text, for models
+    with a text encoder (Stable Diffusion foundations, e.g. a converted release checkpoint).
     """
     if n < 1:
         raise UserError(f"n must be >= 1, got {n}")
     module = ckpt if isinstance(ckpt, pl.LightningModule) else load_model(ckpt)
     opts = dict(sampler=sampler, steps=steps, seed=seed, progress=progress)
     if prompt is not None or negative_prompt is not None:
-        if not is_text_model(module):
-            raise UserError("this model has no text encoder: sample it without prompt / negative_prompt")
-        opts.update(prompt=prompt or "", negative_prompt=negative_prompt)
+        if getattr(module, "text_encoder", None) is None:
+            raise UserError("--prompt / --negative-prompt need a model with a text encoder (a text foundation; "
+                            "a converted release checkpoint needs --foundation for it)")
+        opts.update(prompt=prompt, negative_prompt=negative_prompt)
     if not is_layout_model(module):
         if layout:
             raise UserError("this checkpoint is not a layout model; sample it without a layout")

@@ -90,7 +90,7 @@ def toy(config_name: str) -> tuple[torch.nn.Module, str]:
     else:
         config["expt_dir"] = str(REPO / "experiments")
     module = train(config, enable_progress_bar=not QUICK).eval()
-    return module, f"trained here: {config['trainer_args']['max_steps']} steps ({config['expt_name']})"
+    return module, f"trained here: {module.trainer_ref.global_step} steps ({config['expt_name']})"
 
 
 module, source = toy("mnist.json")

@@ -1,11 +1,12 @@
 """Config validation: every mistake fails before training, naming the key path."""
 import json
+from pathlib import Path
 
 import pytest
 
 from layoutdiffuse.config import ConfigError, load_config, set_override, validate
 
-CONFIG = "configs/mnist.json"
+CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "mnist.json")
 
 
 @pytest.fixture

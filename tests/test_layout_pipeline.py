@@ -1,6 +1,7 @@
 """End to end on Layout-MNIST: pretrain a foundation, adapt it by config, sample with guidance,
 export, and drive the sampling CLI (including its user errors)."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,9 +10,11 @@ from layoutdiffuse.cli import main
 from layoutdiffuse.experiment import build_model, export_weights, load_checkpoint, sampling_state_dict, train
 from layoutdiffuse.sampling import sample
 
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
 
 def tiny(config_name, tmp_path, root, **updates):
-    config = json.loads(open(f"configs/{config_name}.json").read())
+    config = json.loads(open(CONFIGS / f"{config_name}.json").read())
     config["expt_dir"] = str(tmp_path)
     config["data"].update(root=str(root), length=64, batch_size=8, num_workers=0, image_size=32)
     config["trainer_args"] = {"max_steps": 3, "accelerator": "cpu", "limit_val_batches": 1, "val_check_interval": 3, "enable_progress_bar": False, "logger": False}

@@ -1,6 +1,7 @@
 """Training: a tiny model overfits, and resume is exact."""
 import csv
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,6 +9,8 @@ import torch
 from layoutdiffuse.experiment import load_checkpoint, read_checkpoint, train
 from layoutdiffuse.nn import UNet
 from layoutdiffuse.training import DDPMTraining
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def test_tiny_model_overfits_a_handful_of_images():
@@ -35,7 +38,7 @@ def test_tiny_model_overfits_a_handful_of_images():
 
 
 def tiny_config(tmp_path, root, name, max_steps):
-    config = json.loads(open("configs/mnist.json").read())
+    config = json.loads(open(CONFIGS / "mnist.json").read())
     config.update(expt_name=name, expt_dir=str(tmp_path))
     config["denoising_model"].update(base_channel=8, channel_mult=[1, 2], attn_levels=[1])
     config["data"].update(root=str(root), limit=24, batch_size=8, num_workers=0, image_size=16)
@@ -94,6 +97,37 @@ def test_resume_keeps_the_logged_history(tmp_path, mnist_root):
     with open(tmp_path / "logged" / "logs" / "metrics.csv", newline="") as f:
         steps = [int(row["step"]) for row in csv.DictReader(f) if row["train/loss"]]
     assert steps == list(range(8))
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+def test_min_snr_weighting_is_min_snr_times_the_x0_error(prediction):
+    """Min-SNR-gamma: weight * MSE(target) == min(SNR_t, gamma) * MSE(x0), whatever the target."""
+    from layoutdiffuse.diffusion import GaussianDiffusion
+    from layoutdiffuse.training.ddpm import min_snr_weights
+
+    g = torch.Generator().manual_seed(0)
+    d = GaussianDiffusion("linear", 1000, prediction=prediction)
+    x0, noise, out = (torch.randn(6, 1, 8, 8, generator=g, dtype=torch.float64) for _ in range(3))
+    t = torch.tensor([0, 5, 50, 300, 700, 999])
+    xt = d.q_sample(x0, t, noise)
+    abar = torch.cumprod(1 - d.betas64, 0)[t]  # float64, independent of the float32 buffers
+    snr = abar / (1 - abar)
+    a, s = abar.sqrt().view(-1, 1, 1, 1), (1 - abar).sqrt().view(-1, 1, 1, 1)
+    x0_hat = {"eps": (xt - s * out) / a, "x0": out, "v": a * xt - s * out}[prediction]  # closed forms
+    target = {"eps": noise, "x0": x0, "v": a * noise - s * x0}[prediction]
+    lhs = min_snr_weights(d, t, 5.0).double() * ((out - target) ** 2).flatten(1).mean(1)
+    rhs = snr.clamp(max=5.0) * ((x0_hat - x0) ** 2).flatten(1).mean(1)
+    assert torch.allclose(lhs, rhs, rtol=1e-4)
+
+
+def test_loss_weighting_is_checked():
+    from layoutdiffuse.errors import UserError
+
+    model = UNet(1, 1, base_channel=8, channel_mult=[1], num_res_blocks=1, attn_levels=[])
+    with pytest.raises(UserError, match="unknown loss_weighting 'snr'; choose one of: uniform, min_snr"):
+        DDPMTraining(model, {"num_timesteps": 100}, loss_weighting="snr")
+    with pytest.raises(UserError, match="min_snr_gamma must be > 0"):
+        DDPMTraining(model, {"num_timesteps": 100}, loss_weighting="min_snr", min_snr_gamma=0)
 
 
 VALIDATION_LOSS = """

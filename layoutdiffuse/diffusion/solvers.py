@@ -82,6 +82,13 @@ class MultistepSampler(Sampler):
         self._last_i = i
 
 
+def ldm_timesteps(num_timesteps: int, steps: int) -> torch.Tensor:
+    """LDM's "uniform" DDIM/PLMS grid: ``range(0, T, T // steps) + 1`` (20 of 1000: 1, 51, ..., 951)."""
+    if not 1 <= steps <= num_timesteps:
+        raise UserError(f"steps must be in [1, {num_timesteps}], got {steps}")
+    return torch.arange(0, num_timesteps, num_timesteps // steps) + 1
+
+
 @SAMPLERS.register("plms")
 class PLMSSampler(MultistepSampler):
     """PLMS: ``eps' = sum_k c_k eps_{i+k}`` (Adams-Bashforth of order ``min(4, steps so far)``, so
@@ -89,32 +96,68 @@ class PLMSSampler(MultistepSampler):
     ``x_{prev} = sqrt(abar_prev) x0(eps') + sqrt(1 - abar_prev) eps'``.
 
     ``order``: the highest Adams-Bashforth order (1 = DDIM).
+    ``spacing``: ``even`` (the base class's grid, 0 and T-1 included; the last step returns the x0
+    prediction at t = 0) or ``ldm`` (LDM's grid :func:`ldm_timesteps`, and the last step transfers
+    from t = 1 to the noise level of t = 0, ``abar_0``, as LDM's PLMS does).
+    ``warmup``: ``adams`` (lower Adams-Bashforth orders while the history fills) or
+    ``improved_euler`` (LDM: the first step is the pseudo improved-Euler step, ``eps' = (eps(x, t) +
+    eps(x', t_prev)) / 2`` with ``x'`` the DDIM transfer of ``eps(x, t)``: one extra evaluation).
+    ``spacing="ldm", warmup="improved_euler"`` is the PLMS of LDM and of the LayoutDiffuse release.
     """
 
-    def __init__(self, diffusion: GaussianDiffusion, steps: int | None = 20, clip: bool = False, order: int = 4):
+    SPACINGS = ("even", "ldm")
+    WARMUPS = ("adams", "improved_euler")
+
+    def __init__(self, diffusion: GaussianDiffusion, steps: int | None = 20, clip: bool = False, order: int = 4,
+                 spacing: str = "even", warmup: str = "adams"):
+        if spacing not in self.SPACINGS:
+            raise UserError(f"unknown spacing '{spacing}'; choose one of: {', '.join(self.SPACINGS)}")
+        if warmup not in self.WARMUPS:
+            raise UserError(f"unknown warmup '{warmup}'; choose one of: {', '.join(self.WARMUPS)}")
+        self.spacing, self.warmup = spacing, warmup
         super().__init__(diffusion, steps, clip)
         if order not in ADAMS_BASHFORTH:
             raise UserError(f"order must be one of {sorted(ADAMS_BASHFORTH)}, got {order}")
         self.order = order
         self.keep = order - 1
+        abar0 = float(torch.cumprod(1 - diffusion.betas64, 0)[0])
+        self.final = (abar0**0.5, (1 - abar0) ** 0.5)  # the noise level the ldm grid ends at
+
+    def make_timesteps(self) -> torch.Tensor:
+        if self.spacing == "ldm":
+            return ldm_timesteps(self.diffusion.num_timesteps, self.steps)
+        return self.timesteps
+
+    def _prev(self, i: int) -> tuple[float, float]:
+        return (self.alpha[i - 1], self.sigma[i - 1]) if i else self.final
+
+    def _transfer(self, x: torch.Tensor, eps: torch.Tensor, i: int) -> torch.Tensor:
+        a, s = self.alpha[i], self.sigma[i]
+        a_prev, s_prev = self._prev(i)
+        x0 = (x - s * eps) / a
+        if self.clip:
+            x0 = x0.clamp(-1, 1)
+            eps = (x - a * x0) / s
+        return a_prev * x0 + s_prev * eps
 
     def step(self, model_fn: ModelFn, x: torch.Tensor, i: int, generator: torch.Generator | None) -> torch.Tensor:
         d = self.diffusion
         t = self.t_batch(i, x)
         x0, eps = d.predict(model_fn(x, t), x, t)
-        if i == 0:
+        if i == 0 and self.spacing == "even":
             return x0.clamp(-1, 1) if self.clip else x0
         previous = self.history(i)
-        coefs = ADAMS_BASHFORTH[min(self.order, len(previous) + 1)]
-        eps_prime = sum(c * e for c, e in zip(coefs, [eps, *previous]))
+        if not previous and self.warmup == "improved_euler":
+            t_prev = self.t_batch(max(i - 1, 0), x)
+            x_prev = self._transfer(x, eps, i)
+            _, eps_next = d.predict(model_fn(x_prev, t_prev), x_prev, t_prev)
+            eps_prime = (eps + eps_next) / 2
+        else:
+            coefs = ADAMS_BASHFORTH[min(self.order, len(previous) + 1)]
+            eps_prime = sum(c * e for c, e in zip(coefs, [eps, *previous]))
         if self.keep:
             self.remember(i, eps)
-        a, s, a_prev, s_prev = self.alpha[i], self.sigma[i], self.alpha[i - 1], self.sigma[i - 1]
-        x0 = (x - s * eps_prime) / a
-        if self.clip:
-            x0 = x0.clamp(-1, 1)
-            eps_prime = (x - a * x0) / s
-        return a_prev * x0 + s_prev * eps_prime
+        return self._transfer(x, eps_prime, i)
 
 
 @SAMPLERS.register("dpm++")

@@ -33,7 +33,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -198,6 +198,37 @@ def evaluate_classifier(model: nn.Module, images: torch.Tensor, labels: torch.Te
     return correct / max(len(images), 1)
 
 
+def fit_classifier(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, epochs: int, batch_size: int, lr: float,
+                   weight_decay: float, generator: torch.Generator, augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+                   desc: str = "classifier", progress: bool = True, device: str | torch.device = "cpu",
+                   after_epoch: Callable[[int], None] | None = None) -> nn.Module:
+    """Train ``model`` on ``images (N, 1, H, W)`` / ``labels (N,)``: AdamW with a one-cycle LR schedule,
+    label-smoothed cross-entropy, shuffled by ``generator``, ``augment(x, generator)`` on each batch;
+    returns it in eval mode."""
+    from tqdm.auto import tqdm
+
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    steps = epochs * math.ceil(len(images) / batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.2)
+    with tqdm(total=steps, desc=desc, disable=not progress) as bar:
+        for epoch in range(epochs):
+            model.train()
+            order = torch.randperm(len(images), generator=generator)
+            for i in range(0, len(order), batch_size):
+                idx = order[i : i + batch_size]
+                x = images[idx] if augment is None else augment(images[idx], generator)
+                loss = F.cross_entropy(model(x.to(device)), labels[idx].to(device), label_smoothing=0.05)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                bar.update()
+                bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}")
+            if after_epoch is not None:
+                after_epoch(epoch)
+    return model.eval()
+
+
 def train_digit_classifier(root: str | os.PathLike | None = None, epochs: int = 6, batch_size: int = 128, lr: float = 3e-3,
                            weight_decay: float = 5e-4, seed: int = 0, augment: bool = True, device: str | torch.device = "cpu",
                            threads: int | None = 2, limit: int | None = None, progress: bool = True) -> tuple[DigitClassifier, dict[str, Any]]:
@@ -207,8 +238,6 @@ def train_digit_classifier(root: str | os.PathLike | None = None, epochs: int = 
     ``limit`` keeps the first ``limit`` training images (for quick checks); ``threads`` sets
     ``torch.set_num_threads`` (None leaves it).
     """
-    from tqdm.auto import tqdm
-
     if threads is not None:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -218,31 +247,12 @@ def train_digit_classifier(root: str | os.PathLike | None = None, epochs: int = 
     if limit is not None:
         x_train, y_train = x_train[:limit], y_train[:limit]
     model = DigitClassifier().to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    steps = epochs * math.ceil(len(x_train) / batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.2)
     start = time.perf_counter()
-    bar = tqdm(total=steps, desc="digit classifier", disable=not progress)
-    for epoch in range(epochs):
-        model.train()
-        order = torch.randperm(len(x_train), generator=gen)
-        for i in range(0, len(order), batch_size):
-            idx = order[i : i + batch_size]
-            x, y = x_train[idx], y_train[idx]
-            if augment:
-                x = random_affine(x, generator=gen)
-            loss = F.cross_entropy(model(x.to(device)), y.to(device), label_smoothing=0.05)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            bar.update()
-            bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}")
-        acc = evaluate_classifier(model, x_test, y_test)
-        log.info("epoch %d: test accuracy %.4f", epoch, acc)
-    bar.close()
+    affine = (lambda x, g: random_affine(x, generator=g)) if augment else None
+    fit_classifier(model, x_train, y_train, epochs, batch_size, lr, weight_decay, gen, augment=affine, desc="digit classifier",
+                   progress=progress, device=device,
+                   after_epoch=lambda epoch: log.info("epoch %d: test accuracy %.4f", epoch, evaluate_classifier(model, x_test, y_test)))
     seconds = time.perf_counter() - start
-    model.eval()
     info = {
         "test_accuracy": evaluate_classifier(model, x_test, y_test),
         "train_seconds": round(seconds, 1),

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import shlex
 import sys
 import time
@@ -23,9 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-from .classifier import evaluate_classifier, load_digit_classifier, random_affine, save_digit_classifier
+from .classifier import evaluate_classifier, fit_classifier, load_digit_classifier, random_affine, save_digit_classifier
 from .layout_accuracy import crop_boxes
 
 log = logging.getLogger(__name__)
@@ -52,8 +50,6 @@ def load_crop_classifier(path: str | Path | None = None, device: torch.device | 
 def train_crop_classifier(root: str | None = None, canvas_size: int = 32, n_train: int = 20000, n_val: int = 2000, epochs: int = 3,
                           batch_size: int = 128, lr: float = 1e-3, seed: int = 0, progress: bool = True) -> tuple[Any, dict[str, Any]]:
     """Fine-tune the shipped MNIST classifier on crops of real train canvases; returns ``(model, info)``."""
-    from tqdm.auto import tqdm
-
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     x_train, y_train = layout_mnist_crops("train", n_train, canvas_size, root, seed)
@@ -62,25 +58,9 @@ def train_crop_classifier(root: str | None = None, canvas_size: int = 32, n_trai
     for p in model.parameters():
         p.requires_grad_(True)
     before = evaluate_classifier(model, x_val, y_val)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=5e-4)
-    steps = epochs * math.ceil(len(x_train) / batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.2)
     start = time.perf_counter()
-    bar = tqdm(total=steps, desc="crop classifier", disable=not progress)
-    for _ in range(epochs):
-        model.train()
-        order = torch.randperm(len(x_train), generator=gen)
-        for i in range(0, len(order), batch_size):
-            idx = order[i : i + batch_size]
-            x = random_affine(x_train[idx], degrees=6.0, scale=(0.9, 1.1), aspect=0.1, generator=gen)
-            loss = F.cross_entropy(model(x), y_train[idx], label_smoothing=0.05)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            bar.update()
-    bar.close()
-    model.eval()
+    fit_classifier(model, x_train, y_train, epochs, batch_size, lr, 5e-4, gen, desc="crop classifier", progress=progress,
+                   augment=lambda x, g: random_affine(x, degrees=6.0, scale=(0.9, 1.1), aspect=0.1, generator=g))
     info = {
         "val_crop_accuracy": evaluate_classifier(model, x_val, y_val),
         "val_crop_accuracy_before_finetuning": before,

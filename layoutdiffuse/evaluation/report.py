@@ -4,7 +4,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import torch
 
 from ..data.mnist import mnist_test_images
 from ..errors import UserError

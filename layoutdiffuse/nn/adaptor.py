@@ -111,12 +111,29 @@ def box_prompt_map(layout: torch.Tensor, table: torch.Tensor, h: int, w: int) ->
     return torch.where(count > 0, mean, table[-1]).transpose(1, 2).reshape(b, -1, h, w)
 
 
-def subsample_mask(mask: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """Nearest / strided pick of ``mask: (B, H, W)`` at ``(h, w)``: cell ``(i, j)`` takes
-    ``mask[floor(i*H/h), floor(j*W/w)]`` (the top-left pixel of its block when ``H`` is a multiple of ``h``)."""
+#: how a mask layout is subsampled to a level's resolution (:func:`subsample_mask`)
+MASK_PICKS = ("top_left", "centre")
+
+
+def subsample_mask(mask: torch.Tensor, h: int, w: int, pick: str = "top_left") -> torch.Tensor:
+    """Strided pick of ``mask: (B, H, W)`` at ``(h, w)`` -> ``(B, h, w)``.
+
+    ``pick="top_left"``: cell ``(i, j)`` takes ``mask[floor(i*H/h), floor(j*W/w)]`` (the top-left
+    pixel of its block when ``H`` is a multiple of ``h``). ``pick="centre"``: the centre pixel of each
+    ``r x r`` block, ``mask[:, r//2::r, r//2::r]`` with ``r = H // h`` (the original release's pick;
+    ``H``, ``W`` must be ``r`` times ``h``, ``w``).
+    """
     if mask.ndim != 3:
         raise LayoutError(f"mask layout must have shape (B, H, W), got {tuple(mask.shape)}")
+    if pick not in MASK_PICKS:
+        raise UserError(f"unknown mask pick '{pick}'; choose one of: {', '.join(MASK_PICKS)}")
     H, W = mask.shape[-2:]
+    if pick == "centre":
+        r = H // h
+        if r < 1 or H != r * h or W != r * w:
+            raise LayoutError(f"centre-pixel mask subsampling needs a mask size that is a multiple of the feature size; "
+                              f"got mask {H}x{W} for features {h}x{w}")
+        return mask[:, r // 2::r, r // 2::r]
     rows = torch.arange(h, device=mask.device) * H // h
     cols = torch.arange(w, device=mask.device) * W // w
     return mask[:, rows][:, :, cols]
@@ -130,14 +147,14 @@ def _mask_classes(mask: torch.Tensor, num_classes: int) -> torch.Tensor:
     return torch.where(ignore, torch.full_like(mask, num_classes), mask)
 
 
-def mask_prompt_map(mask: torch.Tensor, table: torch.Tensor, h: int, w: int) -> torch.Tensor:
+def mask_prompt_map(mask: torch.Tensor, table: torch.Tensor, h: int, w: int, pick: str = "top_left") -> torch.Tensor:
     """Instance prompt map of mask layouts.
 
     ``mask: (B, H, W)`` long part classes (255 = ignore), ``table: (num_classes + 1, D)`` ->
-    ``(B, D, h, w)``: the mask subsampled to ``(h, w)`` (:func:`subsample_mask`), each cell the row
-    of its class, ignore -> the null row.
+    ``(B, D, h, w)``: the mask subsampled to ``(h, w)`` (:func:`subsample_mask` with ``pick``), each cell
+    the row of its class, ignore -> the null row.
     """
-    idx = _mask_classes(subsample_mask(mask, h, w), table.shape[0] - 1)
+    idx = _mask_classes(subsample_mask(mask, h, w, pick), table.shape[0] - 1)
     return table[idx].permute(0, 3, 1, 2)
 
 
@@ -299,7 +316,8 @@ class LayoutAttention(ConditionBlock):
     * mask layouts (``mask=True``, ``cond["mask"]: (B, H, W)``, 255 = ignore): prompt-augmented
       global attention over all cells with ``q+pq, k+pk, v+pv`` (the reference); with
       ``region_mask_attention=True`` the instance branch above with regions = the mask's class
-      regions (ignore cells take ``a_bg``).
+      regions (ignore cells take ``a_bg``). ``mask_pick`` chooses how the mask is subsampled to the
+      block's resolution (:func:`subsample_mask`: ``top_left`` or the release's ``centre``).
 
     Output ``x + proj_out(a)``, ``proj_out`` zero-initialised: a new block is an exact identity.
     ``cond`` of ``None``, without the layout, or with 0 objects acts as the empty layout.
@@ -312,14 +330,16 @@ class LayoutAttention(ConditionBlock):
     """
 
     def __init__(self, channels: int, embed_dim: int = 128, num_heads: int = 1, mask: bool = False,
-                 region_mask_attention: bool = False, num_classes: int | None = None):
+                 region_mask_attention: bool = False, num_classes: int | None = None, mask_pick: str = "top_left"):
         super().__init__()
+        if mask_pick not in MASK_PICKS:
+            raise UserError(f"unknown mask_pick '{mask_pick}'; choose one of: {', '.join(MASK_PICKS)}")
         if channels % num_heads:
             raise UserError(f"layout attention channels {channels} not divisible by num_heads {num_heads}")
         if region_mask_attention and not mask:
             raise UserError("region_mask_attention=True needs mask=True (it applies to mask layouts)")
         self.channels, self.num_heads, self.embed_dim = channels, num_heads, embed_dim
-        self.mask, self.region_mask_attention = mask, region_mask_attention
+        self.mask, self.region_mask_attention, self.mask_pick = mask, region_mask_attention, mask_pick
         self.norm = group_norm(channels)
         self.qkv = nn.Conv1d(channels, 3 * channels, 1)
         self.prompt_qkv = nn.Linear(embed_dim, 3 * channels, bias=False)
@@ -341,7 +361,7 @@ class LayoutAttention(ConditionBlock):
         """Box / region-mask modes: :class:`Regions` (cached in ``cond`` per resolution);
         global mask mode: the prompt-row index map ``(B, L)``."""
         cache = cond.get(REGION_CACHE) if cond is not None else None
-        key = (self.mask, self.region_mask_attention, h, w)
+        key = (self.mask, self.region_mask_attention, self.mask_pick, h, w)
         if cache is not None and key in cache:
             return cache[key]
         if self.mask:
@@ -349,7 +369,7 @@ class LayoutAttention(ConditionBlock):
             if mask is None:
                 mask = torch.full((b, h, w), IGNORE, dtype=torch.long, device=device)
             _check_batch(mask, b, "mask")
-            idx = _mask_classes(subsample_mask(mask.to(device), h, w), num_classes).reshape(b, h * w)
+            idx = _mask_classes(subsample_mask(mask.to(device), h, w, self.mask_pick), num_classes).reshape(b, h * w)
             if not self.region_mask_attention:
                 out: Regions | torch.Tensor = idx
             else:
@@ -482,12 +502,12 @@ class LayoutAdaptor(nn.Module):
     """
 
     def __init__(self, block_channels: dict[str, int], num_classes: int, embed_dim: int = 128, num_heads: int = 1,
-                 num_task_prompts: int = 64, mask: bool = False, region_mask_attention: bool = False):
+                 num_task_prompts: int = 64, mask: bool = False, region_mask_attention: bool = False, mask_pick: str = "top_left"):
         super().__init__()
         if num_classes < 1:
             raise UserError(f"num_classes must be >= 1, got {num_classes}")
         self.num_classes, self.mask = num_classes, mask
-        self.blocks = nn.ModuleDict({key: LayoutAttention(ch, embed_dim, num_heads, mask, region_mask_attention)
+        self.blocks = nn.ModuleDict({key: LayoutAttention(ch, embed_dim, num_heads, mask, region_mask_attention, mask_pick=mask_pick)
                                      for key, ch in block_channels.items()})
         self.prompt_table = nn.Embedding(num_classes + 1, embed_dim)
         self.task_prompts = nn.Parameter(torch.randn(num_task_prompts, embed_dim)) if num_task_prompts else None

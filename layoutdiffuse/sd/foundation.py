@@ -45,7 +45,10 @@ TRANSFORMERS_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.fp16.sa
 DOWNLOAD_HINT = {
     "stable_diffusion": "download it with `bash data_scripts/download_pretrained_models.sh sd15` (or sd21)",
     "ldm": "download it with `bash data_scripts/download_pretrained_models.sh ldm-celebahq`",
+    "ldm_text": "it is the diffusers folder of CompVis/ldm-text2im-large-256 (unet/, vqvae/, bert/, tokenizer/, scheduler/)",
 }
+#: the LAION text-to-image LDM's diffusers folder: subfolder -> weight file names
+LDM_TEXT_PARTS = {"unet": DIFFUSERS_WEIGHTS, "vqvae": DIFFUSERS_WEIGHTS, "bert": TRANSFORMERS_WEIGHTS}
 
 
 @dataclass
@@ -107,6 +110,16 @@ def check_foundation_files(kind: str, path: str | os.PathLike, config: str | os.
         if not (p / "scheduler" / "scheduler_config.json").exists():
             _need(p / "scheduler" / "scheduler_config.json", kind, "scheduler config (noise schedule and prediction type)")
         return p
+    if kind == "ldm_text":
+        for sub, names in LDM_TEXT_PARTS.items():
+            if not (p / sub / "config.json").exists():
+                _need(p / sub / "config.json", kind, f"{sub} config")
+            _need_one(p / sub, names, kind, f"{sub} weights file")
+        if not (p / "tokenizer" / "vocab.txt").exists():
+            _need(p / "tokenizer" / "vocab.txt", kind, "BERT tokenizer vocabulary")
+        if not (p / "scheduler" / "scheduler_config.json").exists():
+            _need(p / "scheduler" / "scheduler_config.json", kind, "scheduler config (noise schedule and prediction type)")
+        return p
     # ldm
     if p.is_dir() and (p / "unet" / "config.json").exists():
         _need_one(p / "unet", DIFFUSERS_WEIGHTS, kind, "unet weights file")
@@ -148,6 +161,20 @@ def load_foundation(kind: str, path: str | os.PathLike, config: str | os.PathLik
         log.info("loaded Stable Diffusion foundation %s (%s, %.0fM UNet parameters)", p, schedule,
                  sum(t.numel() for t in unet.parameters()) / 1e6)
         return Foundation(kind, unet, autoencoder, text_encoder, tokenizer, schedule, p)
+    if kind == "ldm_text":
+        from diffusers.pipelines.latent_diffusion.pipeline_latent_diffusion import LDMBertModel
+        from transformers import BertTokenizer
+
+        unet = diffusers.UNet2DConditionModel.from_pretrained(p, subfolder="unet", local_files_only=True)
+        vae = diffusers.AutoencoderKL.from_pretrained(p, subfolder="vqvae", local_files_only=True)
+        text_encoder = LDMBertModel.from_pretrained(p / "bert", local_files_only=True)
+        tokenizer = BertTokenizer.from_pretrained(p / "tokenizer", local_files_only=True)
+        text_encoder.requires_grad_(False)
+        text_encoder.eval()
+        schedule = diffusion_from_scheduler(json.loads((p / "scheduler" / "scheduler_config.json").read_text()))
+        log.info("loaded LAION text-to-image LDM foundation %s (%s)", p, schedule)
+        return Foundation(kind, unet, Autoencoder(vae, scale_factor=scale_factor, sample_posterior=sample_posterior), text_encoder,
+                          tokenizer, schedule, p)
     from .ldm import load_ldm
 
     unet, vq, schedule, scale = load_ldm(p)

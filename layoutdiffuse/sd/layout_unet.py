@@ -23,12 +23,17 @@ second softmax over the prompt keys scaled by a zero-initialised per-head gate,
 layer's output projection. (Concatenating the prompts into one softmax would move softmax mass to
 them even with a zero projection; the gate keeps the start exact and still gets a gradient from
 the first step.)
+
+The original release's forms are options, so its checkpoints load exactly
+(:mod:`layoutdiffuse.release`): ``task_prompt_form="concat"`` (per-layer prompts concatenated to the
+text context, one softmax; ``image_in_kv`` appends the projected image tokens too,
+:class:`ConcatTaskPrompt`), ``mask_pick="centre"`` and ``mid_block=False``.
 """
 from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +42,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..autoencoder import require_diffusers
 from ..nn.adaptor import LayoutAdaptor, TaskPromptAttention, is_adaptor_name
-from .spec import LAYOUT_DEFAULTS
+from .spec import LAYOUT_DEFAULTS, TASK_PROMPT_FORMS
 from ..errors import StateDictError, UserError
 from ..state_dicts import state_dict_mismatch
 
@@ -155,6 +160,50 @@ class TaskPromptProcessor:
         return self.module.gate.to(out.dtype)[None, :, None, None] * out
 
 
+class ConcatTaskPrompt(nn.Module):
+    """The original release's task-aware prompts of one cross-attention layer (``task_prompt_form="concat"``).
+
+    ``prompt: (P, prompt_dim)`` is projected bias-free to the text width (``to_context``) and
+    concatenated to the text context; with ``image_in_kv`` the layer's own (normed) image tokens,
+    projected bias-free (``image_to_context``), are concatenated too. The layer's ``to_k``/``to_v`` then
+    see one sequence: a single softmax over text, prompt and image tokens. Neither projection is
+    zero-initialised (as in the release), so this form is not an identity at insertion.
+
+    ``forward(hidden_states: (B, L, C), context: (B, S, D)) -> (B, S + P [+ L], D)``.
+    """
+
+    def __init__(self, num_prompts: int, prompt_dim: int, context_dim: int, query_dim: int, image_in_kv: bool = False):
+        super().__init__()
+        self.prompt = nn.Parameter(torch.randn(num_prompts, prompt_dim)) if num_prompts else None
+        self.to_context = nn.Linear(prompt_dim, context_dim, bias=False) if num_prompts else None
+        self.image_to_context = nn.Linear(query_dim, context_dim, bias=False) if image_in_kv else None
+
+    def forward(self, hidden_states: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        parts = [context]
+        if self.prompt is not None:
+            parts.append(self.to_context(self.prompt).to(context.dtype).expand(context.shape[0], -1, -1))
+        if self.image_to_context is not None:
+            parts.append(self.image_to_context(hidden_states).to(context.dtype))
+        return torch.cat(parts, dim=1)
+
+
+class ConcatPromptProcessor:
+    """diffusers' ``AttnProcessor2_0`` on the text context extended by a :class:`ConcatTaskPrompt`."""
+
+    def __init__(self, module: ConcatTaskPrompt):
+        from diffusers.models.attention_processor import AttnProcessor2_0
+
+        self.module = module
+        self.base = AttnProcessor2_0()
+
+    def __call__(self, attn: nn.Module, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if encoder_hidden_states is None or hidden_states.ndim != 3:
+            raise UserError("concatenated task prompts apply to cross-attention layers on (B, L, C) tokens with a text context")
+        context = self.module(hidden_states, encoder_hidden_states)
+        return self.base(attn, hidden_states, context, attention_mask, temb, *args, **kwargs)
+
+
 class _LayoutHook:
     """Forward hook: run the layout-attention block ``key`` on a diffusers module's output."""
 
@@ -173,12 +222,13 @@ def _site_channels(module: nn.Module) -> int:
     raise TypeError(f"cannot tell the channels of a {type(module).__name__}")
 
 
-def layout_sites(unet: nn.Module, levels: Iterable[int]) -> dict[str, tuple[str, int]]:
+def layout_sites(unet: nn.Module, levels: Iterable[int], mid_block: bool = True) -> dict[str, tuple[str, int]]:
     """Where layout attention goes: ``{adaptor key: (module name in unet, channels)}``.
 
     Level ``i`` is the downsample exponent of the latent (``down_blocks[i]``, ``up_blocks[n-1-i]``,
     the middle block at ``n-1``). At a chosen level every attention module (transformer block) gets
-    one after it; a level without attention gets one after every ResNet.
+    one after it; a level without attention gets one after every ResNet. ``mid_block=False``: none in
+    the middle block (the original release's placement).
     """
     n = len(unet.down_blocks)
     levels = list(levels)
@@ -198,7 +248,8 @@ def layout_sites(unet: nn.Module, levels: Iterable[int]) -> dict[str, tuple[str,
 
     for i, block in enumerate(unet.down_blocks):
         add(f"down_blocks.{i}", block, i)
-    add("mid_block", unet.mid_block, n - 1)
+    if mid_block:
+        add("mid_block", unet.mid_block, n - 1)
     for j, block in enumerate(unet.up_blocks):
         add(f"up_blocks.{j}", block, n - 1 - j)
     return sites
@@ -214,7 +265,11 @@ class LayoutDiffusersUNet(nn.Module):
         layout: adaptor options, :data:`LAYOUT_DEFAULTS` (``num_classes`` required): ``levels``
             (latent downsample exponents; the reference used 32x32 and 16x16 of a 64x64 latent,
             ``[1, 2]``), ``embed_dim``, ``num_heads`` (layout attention), ``num_task_prompts``
-            (0 disables them), ``mask`` (mask layouts), ``region_mask_attention``.
+            (0 disables them), ``mask`` (mask layouts), ``region_mask_attention``, ``mask_pick``
+            (``top_left`` or the release's ``centre`` mask subsampling), ``task_prompt_form`` (``gated``:
+            this project's exact-identity form; ``concat``: the release's, see :class:`ConcatTaskPrompt`),
+            ``image_in_kv`` and ``prompt_dim`` (``concat`` only; ``prompt_dim`` defaults to ``embed_dim``),
+            ``mid_block`` (layout attention in the middle block too; the release has none there).
         foundation: the foundation kind, stored in :attr:`config` for checkpoints.
 
     ``cond``: ``{"layout": (B, N, 5)}`` or ``{"mask": (B, H, W)}``, plus for text foundations
@@ -245,19 +300,37 @@ class LayoutDiffusersUNet(nn.Module):
         if opts["num_classes"] is None:
             raise UserError("the layout adaptor needs num_classes (size of the instance prompt table, without the null row)")
         opts["levels"] = list(opts["levels"])
+        form = opts["task_prompt_form"]
+        if form not in TASK_PROMPT_FORMS:
+            raise UserError(f"unknown task_prompt_form '{form}'; choose one of: {', '.join(TASK_PROMPT_FORMS)}")
+        concat = form == "concat"
+        if concat and not self.text:
+            raise UserError("task_prompt_form 'concat' (the release's) needs a text UNet (UNet2DConditionModel); "
+                            "use 'gated' for unconditional foundations")
+        if (opts["image_in_kv"] or opts["prompt_dim"] is not None) and not concat:
+            raise UserError("image_in_kv and prompt_dim are options of task_prompt_form 'concat'")
         self.unet = unet
         self.foundation = foundation
         self.layout_config = opts
         self._cond: dict[str, Any] | None = None
 
-        sites = layout_sites(unet, opts["levels"])
+        sites = layout_sites(unet, opts["levels"], opts["mid_block"])
         if not sites:
             raise UserError(f"no UNet block at levels {opts['levels']} to attach layout attention to")
         self.adaptor = LayoutAdaptor({k: ch for k, (_, ch) in sites.items()}, opts["num_classes"], opts["embed_dim"],
-                                     opts["num_heads"], opts["num_task_prompts"], opts["mask"], opts["region_mask_attention"])
+                                     opts["num_heads"], 0 if concat else opts["num_task_prompts"], opts["mask"],
+                                     opts["region_mask_attention"], opts["mask_pick"])
         self.task_prompt = nn.ModuleDict()
         self.num_context_prompts = 0
-        if opts["num_task_prompts"]:
+        if concat and (opts["num_task_prompts"] or opts["image_in_kv"]):
+            prompt_dim = opts["prompt_dim"] or opts["embed_dim"]
+            for name, m in unet.named_modules():
+                if isinstance(m, Attention) and m.is_cross_attention:
+                    module = ConcatTaskPrompt(opts["num_task_prompts"], prompt_dim, unet.config.cross_attention_dim, m.query_dim,
+                                              opts["image_in_kv"])
+                    m.set_processor(ConcatPromptProcessor(module))
+                    self.task_prompt[name.replace(".", "_")] = module
+        elif opts["num_task_prompts"]:
             layers = [(name, m) for name, m in unet.named_modules() if isinstance(m, Attention) and (m.is_cross_attention or not self.text)]
             odd = sorted({type(m.processor).__name__ for _, m in layers} - set(_DEFAULT_PROCESSORS))
             if odd:

@@ -40,11 +40,12 @@ class SaveConfig(pl.Callback):
 
 def build_callbacks(sections: dict[str, Any], out_dir: Path, class_names: list[str] | None = None) -> list[pl.Callback]:
     """The callbacks of a config's ``callbacks`` sections for an experiment folder ``out_dir``: the
-    metadata writer, step checkpoints in ``out_dir/checkpoints`` and, when configured, sample grids in
+    metadata writer, step checkpoints in ``out_dir/checkpoints`` (``last.ckpt`` also when ``max_time``
+    ends a run between two of them) and, when configured, sample grids in
     ``out_dir/images``. (``wandb`` is a logger, built by :func:`layoutdiffuse.experiment.build_trainer`.)"""
     ckpt_args = {"save_last": True, "save_top_k": -1, **sections.get("checkpoint", {})}
-    callbacks: list[pl.Callback] = [SaveConfig(), pl.callbacks.ModelCheckpoint(
-        dirpath=out_dir / "checkpoints", filename="step_{step:06d}", auto_insert_metric_name=False, **ckpt_args)]
+    checkpoint = pl.callbacks.ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="step_{step:06d}", auto_insert_metric_name=False, **ckpt_args)
+    callbacks: list[pl.Callback] = [SaveConfig(), checkpoint, LastCheckpointAtEnd(checkpoint)]
     images = dict(sections.get("images", {}))
     if images:
         callbacks.append(ImageLogger(out_dir / "images", class_names=class_names, **images))
@@ -106,3 +107,22 @@ class ImageLogger(pl.Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero:
             self.log_images(trainer, pl_module)
+
+
+class LastCheckpointAtEnd(pl.Callback):
+    """Writes ``last.ckpt`` when training ends between two of ``ModelCheckpoint``'s saves (a run
+    stopped by ``max_time``), so the last checkpoint always holds the final weights."""
+
+    def __init__(self, checkpoint: pl.callbacks.ModelCheckpoint):
+        self.checkpoint = checkpoint
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        ckpt = self.checkpoint
+        if not ckpt.save_last or ckpt.dirpath is None or trainer.global_step == 0:
+            return
+        path = Path(ckpt.dirpath) / f"{ckpt.CHECKPOINT_NAME_LAST}{ckpt.FILE_EXTENSION}"
+        if ckpt.last_model_path and Path(ckpt.last_model_path) == path and getattr(ckpt, "_last_global_step_saved", -1) == trainer.global_step:
+            return
+        trainer.save_checkpoint(path, weights_only=False)  # a full checkpoint, resumable like ModelCheckpoint's
+        ckpt.last_model_path = str(path)
+        log.info("wrote the final checkpoint %s (step %d)", path, trainer.global_step)

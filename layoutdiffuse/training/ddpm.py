@@ -28,6 +28,23 @@ from ..diffusion import GaussianDiffusion, classifier_free_guidance, conditioned
 from ..diffusion.gaussian import ModelFn
 from ..diffusion.guidance import drop_condition, null_condition
 from ..errors import UserError
+from .progress import training_fraction
+
+
+LOSS_WEIGHTINGS = ("uniform", "min_snr")
+
+
+def min_snr_weights(diffusion: GaussianDiffusion, t: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-gamma weights ``(B,)`` of the prediction target's MSE at timesteps ``t: (B,)``.
+
+    With ``SNR_t = abar_t / (1 - abar_t)``, the MSE of each target relates to the x0 error as
+    ``|eps - eps_hat|^2 = SNR |x0 - x0_hat|^2`` and ``|v - v_hat|^2 = (SNR + 1) |x0 - x0_hat|^2``, so
+    the weight ``min(SNR, gamma) / SNR`` (eps), ``min(SNR, gamma)`` (x0), ``min(SNR, gamma) / (SNR + 1)``
+    (v) makes every target's loss ``min(SNR, gamma) |x0 - x0_hat|^2``.
+    """
+    snr = (diffusion.sqrt_alphas_cumprod[t] / diffusion.sqrt_one_minus_alphas_cumprod[t]) ** 2  # accurate near t = 0
+    clamped = snr.clamp(max=gamma)
+    return {"eps": clamped / snr, "x0": clamped, "v": clamped / (snr + 1)}[diffusion.prediction]
 
 
 #: generator offsets of the loss noise per stage (fixed numbers: ``hash(str)`` is salted per process)
@@ -61,7 +78,13 @@ class DDPMTraining(pl.LightningModule):
         optimizer: ``{"lr", "weight_decay", "betas", "train", "adaptor_lr"}``; ``train`` is
             ``all`` | ``freeze_backbone`` | ``separate`` for adapted layout models.
         lr_scheduler: ``{"name": "constant" | "warmup" | "cosine", "warmup_steps", "total_steps"}``.
+            ``cosine`` without ``total_steps`` follows the trainer's budget: it decays over the
+            fraction of ``max_steps`` / ``max_time`` used so far, whichever ends the run first
+            (:func:`~layoutdiffuse.training.progress.training_fraction`).
         ema_decay: EMA decay of the weights used for sampling (0 disables EMA).
+        loss_weighting: ``uniform`` (L_simple of the prediction target) or ``min_snr`` (Hang et
+            al. 2023: every target weighted to ``min(SNR_t, min_snr_gamma) * |x0 - x0_hat|^2``).
+        min_snr_gamma: the clamp of ``min_snr``.
         cond_drop_prob: probability of replacing a sample's condition by the null condition
             (classifier-free guidance training).
         sampling: default sampler options ``{"sampler", "steps", "clip", "guidance", ...}``.
@@ -81,6 +104,8 @@ class DDPMTraining(pl.LightningModule):
         sampling: dict[str, Any] | None = None,
         seed: int = 0,
         config: dict[str, Any] | None = None,
+        loss_weighting: str = "uniform",
+        min_snr_gamma: float = 5.0,
     ):
         super().__init__()
         self.model = denoising_model
@@ -92,6 +117,11 @@ class DDPMTraining(pl.LightningModule):
         if not 0 <= cond_drop_prob <= 1:
             raise UserError(f"cond_drop_prob must be in [0, 1], got {cond_drop_prob}")
         self.cond_drop_prob = cond_drop_prob
+        if loss_weighting not in LOSS_WEIGHTINGS:
+            raise UserError(f"unknown loss_weighting '{loss_weighting}'; choose one of: {', '.join(LOSS_WEIGHTINGS)}")
+        if not min_snr_gamma > 0:
+            raise UserError(f"min_snr_gamma must be > 0, got {min_snr_gamma}")
+        self.loss_weighting, self.min_snr_gamma = loss_weighting, float(min_snr_gamma)
         self.seed = seed
         self.config = config or {}
         self.ema = AveragedModel(self.model, multi_avg_fn=partial(ema_multi_avg, ema_decay), use_buffers=True) if ema_decay > 0 else None
@@ -164,6 +194,8 @@ class DDPMTraining(pl.LightningModule):
         t, weights = self.sample_timesteps(x0.shape[0], g)
         noise = torch.randn(x0.shape, generator=g, device=x0.device, dtype=x0.dtype)
         losses = self.compute_losses(x0, t, cond, noise)
+        if self.loss_weighting == "min_snr":
+            weights = weights * min_snr_weights(self.diffusion, t, self.min_snr_gamma)
         loss = (losses["loss"] * weights).mean()
         if mode == "train":
             self.after_losses(t, losses)
@@ -201,14 +233,13 @@ class DDPMTraining(pl.LightningModule):
         name, warmup, total = sched["name"], int(sched["warmup_steps"]), sched["total_steps"]
         if name == "constant" and not warmup:
             return opt
-        if name == "cosine" and not total:
-            raise UserError("lr_scheduler 'cosine' needs total_steps")
 
         def factor(step: int) -> float:
             if step < warmup:
                 return (step + 1) / warmup
             if name == "cosine":
-                return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+                done = (step - warmup) / max(1, total - warmup) if total else training_fraction(self._trainer)  # None before fit: 0
+                return 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
             return 1.0
 
         if name not in ("constant", "warmup", "cosine"):

@@ -38,9 +38,9 @@ class LatentDDPMTraining(DDPMTraining):
         text_encoder, tokenizer: a frozen transformers text encoder and its tokenizer for text
             foundations (``cond["caption"]`` -> ``cond["context"]``), or ``None``.
         latent_cache: a folder to cache the autoencoder's output for training images, or ``None``.
-        image_shape: the *latent* shape ``(c, h, w)``.
-        cond_drop_prob: classifier-free-guidance dropout of layout and caption together (default 0.1).
-        Other arguments: as :class:`DDPMTraining`; sampling defaults to ``clip=False`` (latents are not in [-1, 1]).
+        kwargs: as :class:`DDPMTraining`, with latent defaults: ``image_shape`` (the *latent* shape
+            ``(c, h, w)``) ``(4, 32, 32)``, ``ema_decay`` 0.9999, ``cond_drop_prob`` 0.1 (layout and
+            caption dropped together), sampling with ``clip=False`` (latents are not in [-1, 1]).
     """
 
     def __init__(
@@ -50,23 +50,16 @@ class LatentDDPMTraining(DDPMTraining):
         text_encoder: nn.Module | None = None,
         tokenizer: Any = None,
         latent_cache: str | None = None,
-        diffusion: Any = None,
-        image_shape: tuple[int, int, int] = (4, 32, 32),
-        optimizer: dict[str, Any] | None = None,
-        lr_scheduler: dict[str, Any] | None = None,
-        ema_decay: float = 0.9999,
-        cond_drop_prob: float = 0.1,
-        sampling: dict[str, Any] | None = None,
-        seed: int = 0,
-        config: dict[str, Any] | None = None,
+        **kwargs: Any,
     ):
         if autoencoder is None:
             raise UserError("LatentDDPMTraining needs an autoencoder (layoutdiffuse.autoencoder.Autoencoder)")
         if (text_encoder is None) != (tokenizer is None):
             raise UserError("give both text_encoder and tokenizer, or neither")
         denoising_model.train()  # diffusers' from_pretrained returns eval-mode models
-        super().__init__(denoising_model, diffusion, image_shape, optimizer, lr_scheduler, ema_decay, cond_drop_prob,
-                         {"clip": False, **(sampling or {})}, seed, config)
+        kwargs = {"image_shape": (4, 32, 32), "ema_decay": 0.9999, "cond_drop_prob": 0.1, **kwargs}
+        kwargs["sampling"] = {"clip": False, **(kwargs.get("sampling") or {})}
+        super().__init__(denoising_model, **kwargs)
         self.autoencoder = autoencoder
         self.autoencoder.requires_grad_(False)
         self.text_encoder = text_encoder
