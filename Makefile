@@ -8,7 +8,7 @@ export LAYOUTDIFFUSE_DATA ?= $(HOME)/data
 MNIST_SOURCE ?= $(wildcard ../shared/data/mnist)
 NOTEBOOKS := $(wildcard notebooks/*.py)
 
-.PHONY: setup mnist demo test test-fast notebooks-check notebooks-sync nbval bench clean
+.PHONY: setup mnist demo lab test test-fast notebooks-check notebooks-sync nbval bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ mnist: setup
 demo: mnist
 	$(PY) -m layoutdiffuse train -c configs/mnist.json
 	@echo "samples: experiments/mnist/images/ (latest: $$(ls experiments/mnist/images/*.png | tail -1))"
+
+## JupyterLab on the notebooks, in the project's venv (widgets and the drawing canvas work out of the box).
+LAB_PORT ?= 8888
+lab: setup
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir=notebooks --ip=127.0.0.1 --port=$(LAB_PORT) $(if $(filter 0,$(shell id -u)),--allow-root)
 
 ## The whole suite: unit tests, notebook pairing, and every notebook executed by nbval (quick mode).
 test: mnist notebooks-check

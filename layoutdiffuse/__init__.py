@@ -30,6 +30,7 @@ _LAZY = {
     "load_checkpoint": "experiment", "export_weights": "experiment",
     # adaptation, sampling, the layout type
     "adapt": "adapt", "param_groups": "adapt", "sample": "sampling", "sample_batched": "sampling", "load_model": "sampling",
+    "edit": "editing",
     "validate_layout": "layout", "pad_layouts": "layout", "LayoutError": "layout", "UserError": "errors",
 }
 

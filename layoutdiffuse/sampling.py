@@ -42,6 +42,11 @@ def is_layout_model(module: pl.LightningModule) -> bool:
     return getattr(module.model, "adaptor", None) is not None
 
 
+def is_text_model(module: pl.LightningModule) -> bool:
+    """True for models that read a text prompt (a latent model with a text encoder)."""
+    return getattr(module, "text_encoder", None) is not None
+
+
 def as_layout(layout: Any, class_names: list[str]) -> torch.Tensor:
     """A layout given as ``None``, a path, JSON objects or a tensor -> validated ``(N, 5)``
     (a tensor may also be a batch ``(B, N, 5)``, one layout per image)."""

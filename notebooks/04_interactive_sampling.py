@@ -13,13 +13,21 @@
 # ---
 
 # %% [markdown]
-# # 04 · Interactive sampling: draw a layout, sample, save
+# # 04 · Interactive sampling: draw a layout, sample, edit, save
 #
 # A small ipywidgets UI around a LayoutDiffuse model (`layoutdiffuse.widgets.LayoutSampler`):
-# add objects, pick each one's class, place its box with the x / y / w / h sliders (the live
-# preview on the right draws the layout), choose the sampler, steps, guidance scale, seed and
-# count, press **Sample**, and save the layout (a layout file, see `layoutdiffuse.layout_file`)
-# and the grid (PNG) into the folder of the text box.
+# **draw boxes with the mouse** on the canvas (drag on an empty spot to add a box, drag a box to
+# move it, drag a corner to resize it, click a box to select it; `class` then re-labels it and
+# **Delete box** removes it), or type them exactly with the x / y / w / h sliders (both stay in
+# sync); choose the sampler, steps, guidance scale, seed and count, press **Sample**. Then move,
+# resize, re-label, add or remove boxes and press **Edit**: sample `edit #` is re-generated for the
+# new layout, only inside the boxes that changed (see notebook 05 and `docs/editing.md`). **Save**
+# writes the layout (a layout file, see `layoutdiffuse.layout_file`) and the grid (PNG) into the
+# folder of the text box.
+#
+# Open it in JupyterLab with `make lab` (the widget extensions, ipywidgets and ipycanvas, come
+# prebuilt with their packages). `tests/test_browser.py` runs this notebook in headless Chromium,
+# draws a box with the mouse, samples, saves and edits.
 #
 # The model is the shipped Layout-MNIST model (`layoutdiffuse/weights/layout_mnist.safetensors`).
 # When that file is missing, the notebook trains a *tiny stand-in* for a few steps instead (seconds
@@ -84,10 +92,12 @@ print("classes:", module.class_names, "| default sampling:", module.sampling_arg
 # %% [markdown]
 # ## The UI
 # Boxes are `[x, y, w, h]`: the top-left corner and the size as fractions of the canvas. A box
-# never leaves the canvas: when `x + w` would pass 1, the slider you move keeps its value and its
+# never leaves the canvas: a drag past the edge is clamped, a drag of a few pixels adds nothing,
+# and when `x + w` would pass 1 on the sliders, the slider you move keeps its value and its
 # partner gives way (the same for `y` and `h`). No objects at all is the empty layout, which draws
-# unconditional samples. Errors (for example saving a grid before sampling, or a folder that is a
-# file) appear as a red line under the buttons.
+# unconditional samples. Once sampled, the canvas shows sample `edit #` under the boxes. Errors
+# (for example Edit before Sample, or a folder that is a file) appear as a red line under the
+# buttons, never as a traceback.
 
 # %%
 ui = LayoutSampler(module, n=4 if QUICK else 8)
@@ -98,9 +108,10 @@ ui.widget
 
 # %% [markdown]
 # ## The same from code
-# Every button runs a method of the UI: `add_object(label, box)`, `remove_object(i)`,
-# `layout()` (the `(N, 5)` tensor the model gets), `sample()` and `save(folder)`. Here we draw a
-# two-digit layout and press the buttons from code; the widget above updates as if clicked.
+# Every button and mouse gesture runs a method of the UI: `add_object(label, box)`,
+# `drag(start, end)` (canvas pixels), `remove_object(i)`, `layout()` (the `(N, 5)` tensor the model
+# gets), `sample()`, `edit()` and `save(folder)`. Here we place a two-digit layout and press the
+# buttons from code; the widget above updates as if clicked.
 
 # %%
 ui.clear()

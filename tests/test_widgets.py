@@ -15,6 +15,7 @@ from layoutdiffuse.layout import LayoutError  # noqa: E402
 from layoutdiffuse.experiment import build_module  # noqa: E402
 from layoutdiffuse.layout_file import load_layout  # noqa: E402
 from layoutdiffuse.nn import UNet  # noqa: E402
+from layoutdiffuse.errors import UserError  # noqa: E402
 from layoutdiffuse.widgets import MIN_SIZE, LayoutSampler, clamp_box  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is fastest (tests/conftest.py)
@@ -50,20 +51,20 @@ def ui(module, tmp_path):
 def test_defaults_come_from_the_model(ui):
     assert ui.sampler.value == "dpm++" and ui.steps.value == 3 and ui.guidance.value == 2.0 and ui.count.value == 3
     assert {"ancestral", "ddim", "plms", "dpm++"} <= set(ui.sampler.options)
-    assert ui.widget.children and bytes(ui.preview.value).startswith(b"\x89PNG")
+    assert ui.widget.children and ui.canvas.width == ui.canvas.height == 256
+    assert ui.prompt is None and ui.edit_button.disabled
 
 
 def test_add_and_remove_objects(ui):
     assert ui.layout().shape == (0, 5)
     assert ui.add_object("7", [0.1, 0.1, 0.4, 0.6]) == 0
     assert ui.add_object(3, [0.5, 0.2, 0.3, 0.3]) == 1
-    ui.add_button.click()  # a default object, next class in turn
+    ui.pen.value = "2"
+    ui.add_button.click()  # a default box of the pen's class
     assert [r["label"] for r in ui.objects()] == ["7", "3", "2"]
     assert len(ui.objects_box.children) == 3
-    before = bytes(ui.preview.value)
     ui.rows[1].remove.click()  # the row's own button removes it
     assert [r["label"] for r in ui.objects()] == ["7", "2"]
-    assert bytes(ui.preview.value) != before  # the preview follows
     ui.remove_object(-1)
     assert [r["label"] for r in ui.objects()] == ["7"]
     with pytest.raises(IndexError, match="no object 5"):
@@ -138,21 +139,20 @@ def test_save_writes_a_layout_file_and_the_grid(ui, tmp_path):
     assert torch.allclose(load_layout(paths[0], CLASSES), ui.layout())
     assert paths[1].read_bytes().startswith(b"\x89PNG")
     ui.folder.value = str(tmp_path / "buttons")
-    ui.save_layout_button.click()
-    ui.save_grid_button.click()
+    ui.save_button.click()
     assert sorted(p.name for p in (tmp_path / "buttons").iterdir()) == ["grid_000.png", "layout_000.json"]
     assert "saved" in ui.last_message
     ui.rows[0].x.value = 0.3  # saving a grid drawn for an older layout says so
-    ui.save_grid_button.click()
+    ui.save_button.click()
     assert "layout changed since this grid was sampled" in ui.last_message
 
 
-@pytest.mark.parametrize("case", ["grid before sampling", "folder is a file", "invalid label", "empty folder"])
+@pytest.mark.parametrize("case", ["edit before sampling", "folder is a file", "invalid label", "empty folder"])
 def test_invalid_states_show_a_message_not_a_traceback(ui, tmp_path, case):
     ui.add_object("7", [0.1, 0.1, 0.4, 0.6])
-    if case == "grid before sampling":
-        ui.save_grid_button.click()
-        expected = "nothing sampled yet: press Sample first"
+    if case == "edit before sampling":
+        assert ui.edit() is None
+        expected = "edit failed: nothing to edit yet: press Sample"
     elif case == "folder is a file":
         (tmp_path / "file").write_text("")
         ui.folder.value = str(tmp_path / "file")
@@ -166,7 +166,7 @@ def test_invalid_states_show_a_message_not_a_traceback(ui, tmp_path, case):
         expected = "sampling failed: object 0: unknown label None"
     else:
         ui.folder.value = "  "
-        ui.save_layout_button.click()
+        ui.save_button.click()
         expected = "the folder is empty"
     assert expected in ui.last_message and "Traceback" not in ui.last_message
     assert "#b00020" in ui.message.value  # shown in red
@@ -194,3 +194,136 @@ def test_an_unconditional_model_samples_without_a_layout():
     with pytest.raises(LayoutError, match="takes no layout"):
         ui.add_object("1")
     assert ui.sample().shape == (2, 1, 32, 32) and ui.layouts is None
+
+
+# --- drawing with the mouse (canvas pixels; the canvas is CANVAS_PX square) ----------------------
+from layoutdiffuse.box_drag import start_drag  # noqa: E402
+from layoutdiffuse.widgets import CANVAS_PX, MIN_DRAG_PX  # noqa: E402
+
+PX = 1 / CANVAS_PX
+
+
+def test_box_drag_geometry():
+    boxes = [[0.1, 0.1, 0.4, 0.4], [0.3, 0.3, 0.4, 0.4]]
+    d = start_drag(boxes, 0.9, 0.9, 0.02)
+    assert d.kind == "draw" and d.box(0.6, 1.3) == pytest.approx([0.6, 0.9, 0.3, 0.1])  # any direction, clamped
+    d = start_drag(boxes, 0.4, 0.4, 0.02)  # inside both: the top one (drawn last) moves
+    assert (d.kind, d.index) == ("move", 1)
+    assert d.box(0.5, 0.45) == pytest.approx([0.4, 0.35, 0.4, 0.4])
+    assert d.box(5.0, -5.0) == pytest.approx([0.6, 0.0, 0.4, 0.4])  # stops at the edges, keeps its size
+    assert start_drag(boxes, 0.4, 0.4, 0.02, selected=0).index == 0  # the selected box first
+    d = start_drag(boxes, 0.705, 0.695, 0.02)  # near box 1's bottom-right corner: resize, top-left stays
+    assert (d.kind, d.index, d.anchor) == ("resize", 1, pytest.approx((0.3, 0.3)))
+    assert d.box(0.2, 0.9) == pytest.approx([0.2, 0.3, 0.1, 0.6])  # dragged past the anchor: flips
+
+
+def test_drag_adds_moves_resizes_and_the_sliders_follow(ui):
+    ui.pen.value = "4"
+    ui.drag((32, 64), (160, 224))
+    assert ui.objects() == [{"label": "4", "box": pytest.approx([32 * PX, 64 * PX, 128 * PX, 160 * PX])}]
+    row = ui.rows[0]
+    assert ui.selected == 0 and not ui.delete_button.disabled
+    ui.drag((96, 128), (136, 108))  # move by (+40, -20) px
+    assert [row.x.value, row.y.value, row.w.value, row.h.value] == pytest.approx([72 * PX, 44 * PX, 128 * PX, 160 * PX])
+    ui.drag((200, 204), (250, 250))  # the bottom-right corner
+    assert [row.w.value, row.h.value] == pytest.approx([178 * PX, 206 * PX])
+    ui.drag((100, 100), (400, 400))  # a move off the canvas stops at the edge
+    assert [row.x.value + row.w.value, row.y.value + row.h.value] == pytest.approx([1.0, 1.0])
+    row.x.value = 0.1  # the slider moves the box the mouse drags next
+    ui.drag((0.1 * CANVAS_PX + 5, 150), (0.1 * CANVAS_PX + 15, 150))
+    assert row.x.value == pytest.approx(0.1 + 10 * PX)
+    assert torch.allclose(ui.layout(), torch.tensor([[row.x.value, row.y.value, row.w.value, row.h.value, 4.0]]))
+
+
+def test_drawn_box_off_the_canvas_is_clamped_and_a_tiny_drag_adds_nothing(ui):
+    ui.drag((200, 10), (300, -50))
+    assert ui.objects()[0]["box"] == pytest.approx([200 * PX, 0.0, 56 * PX, 10 * PX])
+    ui.drag((10, 200), (10 + MIN_DRAG_PX - 1, 240))
+    assert len(ui.rows) == 1 and "nothing added" in ui.last_message and ui.selected is None
+    ui.press(100, 150)  # a click on an empty spot deselects, adds nothing, says nothing
+    ui.release(100, 150)
+    assert len(ui.rows) == 1 and ui.selected is None and ui.delete_button.disabled
+    ui.move_to(30, 30)  # moving without a button pressed does nothing
+    assert len(ui.rows) == 1
+
+
+def test_select_relabel_and_delete(ui):
+    ui.drag((10, 10), (100, 100))  # a drawn box is selected: picking a class re-labels it
+    ui.pen.value = "8"
+    ui.press(200, 20)  # a click on an empty spot deselects; the next box gets the pen's class
+    ui.release(200, 20)
+    ui.pen.value = "2"
+    ui.drag((150, 150), (250, 250))
+    assert [r["label"] for r in ui.objects()] == ["8", "2"] and ui.selected == 1
+    ui.press(50, 50)  # select the first box: the pen shows its class
+    ui.release(50, 50)
+    assert ui.selected == 0 and ui.pen.value == "8"
+    ui.pen.value = "3"  # the pen re-labels the selected box
+    assert [r["label"] for r in ui.objects()] == ["3", "2"] and ui.rows[0].label.value == "3"
+    ui.delete_button.click()
+    assert [r["label"] for r in ui.objects()] == ["2"] and ui.selected is None and ui.delete_button.disabled
+    with pytest.raises(UserError, match="no box selected"):
+        ui.delete_selected()
+    ui.drag((10, 10), (60, 60))
+    ui.drag((200, 200), (210, 210))  # selected box 1, then moved box 0 (selected now)
+    ui.remove_object(1)  # removing another box keeps the selection on the same box
+    assert ui.selected == 0
+
+
+def test_delete_without_selection_is_a_message(ui):
+    ui.delete_button.disabled = False
+    ui.delete_button.click()
+    assert "no box selected" in ui.last_message and "#b00020" in ui.message.value
+
+
+def test_drawing_past_max_objects_is_a_message(module):
+    ui = LayoutSampler(module, max_objects=1)
+    ui.drag((10, 10), (100, 100))
+    ui.canvas._handle_frontend_event(None, {"event": "mouse_down", "x": 150, "y": 150}, [])  # as the browser sends it
+    ui.canvas._handle_frontend_event(None, {"event": "mouse_up", "x": 250, "y": 250}, [])
+    assert len(ui.rows) == 1 and ui.last_message == "drawing failed: at most 1 objects (max_objects); remove one first"
+
+
+def test_edit_starts_from_the_current_sample(ui):
+    ui.drag((20, 20), (120, 180))
+    ui.seed.value, ui.count.value, ui.sampler.value = 1, 2, "ddim"
+    first = ui.sample()
+    assert not ui.edit_button.disabled
+    ui.pick.value = 1
+    ui.drag((70, 100), (170, 100))  # move the box right by 100 px
+    ui.edit_button.click()
+    assert "edited sample 1: 2 version(s)" in ui.last_message and "kept exactly" in ui.last_message, ui.last_message
+    from layoutdiffuse.editing import edit_region
+
+    sampled = torch.tensor([[[20 / 256, 20 / 256, 100 / 256, 160 / 256, 0.0]]])
+    keep = ~edit_region(sampled, ui.layout()[None], 32, 32)[0, 0]
+    assert 0 < keep.sum() < 32 * 32 and ui.images.shape == (2, 1, 32, 32)
+    assert torch.equal(ui.images[:, :, keep], first[1:2].expand(2, -1, -1, -1)[:, :, keep])  # sample 1 kept outside the boxes
+    assert torch.allclose(ui.layouts[0], ui.layout()) and ui.grid_png.startswith(b"\x89PNG")
+    ui.edit()  # the layout has not changed since the last edit: says so
+    assert "nothing to edit" in ui.last_message and "#b00020" in ui.message.value
+
+
+def test_text_models_get_prompt_boxes(module, monkeypatch):
+    seen = {}
+
+    def fake_sample(layout, **kwargs):
+        seen.update(kwargs)
+        return torch.zeros(kwargs["n"], 1, 32, 32), None
+
+    monkeypatch.setattr("layoutdiffuse.widgets.sample_images", fake_sample)
+    monkeypatch.setattr(module, "text_encoder", object(), raising=False)
+    ui = LayoutSampler(module, n=1)
+    ui.prompt.value, ui.negative_prompt.value = "a red car", "blurry"
+    ui.sample()
+    assert seen["prompt"] == "a red car" and seen["negative_prompt"] == "blurry"
+    monkeypatch.undo()
+    plain = LayoutSampler(module)
+    assert plain.prompt is None and any("boxes only" in getattr(w, "value", "") for w in plain.widget.children[0].children[0].children)
+
+
+def test_sample_rejects_a_prompt_for_a_model_without_text(module):
+    from layoutdiffuse.sampling import sample
+
+    with pytest.raises(UserError, match="text encoder"):
+        sample([], n=1, ckpt=module, prompt="a cat")

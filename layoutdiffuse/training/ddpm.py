@@ -25,6 +25,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 from ..diffusion import GaussianDiffusion, classifier_free_guidance, conditioned, make_sampler
+from ..diffusion.gaussian import ModelFn
 from ..diffusion.guidance import check_guidance, drop_condition, null_condition
 from ..errors import UserError
 from .progress import training_fraction
@@ -280,11 +281,15 @@ class DDPMTraining(pl.LightningModule):
         opts = {**self.sampling_args, **overrides}
         name, guidance = opts.pop("sampler"), check_guidance(opts.pop("guidance"))
         model = self.sampling_model if use_ema else self.model
-        if cond is not None and guidance != 1:
-            model_fn = classifier_free_guidance(model, cond, null_condition(cond), guidance, pred_channels=self.image_shape[0])
-        else:
-            model_fn = conditioned(model, cond)
+        model_fn = self.guided_model_fn(model, cond, guidance)
         sampler = make_sampler(name, self.diffusion, **opts)
         with evaluating(model):
             images = sampler.sample(model_fn, (n, *self.image_shape), generator=generator, progress=progress, device=self.device)
         return images.clamp(-1, 1)
+
+    def guided_model_fn(self, model: nn.Module, cond: dict[str, Any] | None, guidance: float) -> ModelFn:
+        """``model_fn(x_t, t)`` for a sampler: ``model`` conditioned on ``cond``, with classifier-free
+        guidance of scale ``guidance`` (the unconditional branch gets the null condition)."""
+        if cond is not None and guidance != 1:
+            return classifier_free_guidance(model, cond, null_condition(cond), guidance, pred_channels=self.image_shape[0])
+        return conditioned(model, cond)

@@ -1,0 +1,89 @@
+"""Layouts as people draw them: layout accuracy of a Layout-MNIST model per layout family. Prints JSON.
+
+    python benchmarks/bench_hand_drawn.py [--ckpt layoutdiffuse/weights/layout_mnist.safetensors] \\
+        [--n 32] [--sampler dpm++] [--steps 25] [--guidance 4] [--out FILE]
+
+Each family is a fixed set of boxes ``[x, y, w, h]`` (fractions of the canvas) drawn the way a user
+of the widget would, unlike the training canvases (1-3 digits, longer side 35-60 % of the canvas):
+
+* ``single_large``: one digit filling most of the canvas;
+* ``side_by_side``: two tall digits next to each other;
+* ``row_of_3``, ``row_of_4``: digits in a row;
+* ``grid_2x2``: a digit in each quadrant;
+* ``small``: two small digits (a quarter of the canvas high);
+* ``overlapping``: two digits whose boxes overlap by a third;
+* ``training_like``: two digits of the training scale, apart (the in-distribution reference).
+
+``n`` samples per family, every sample with its own random classes; the boxes are read by the
+Layout-MNIST crop judge (as ``evaluate --layout``). The judge's accuracy on real validation canvases
+(the ceiling of the metric) is reported next to the families, and each family's ratio to it.
+"""
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from layoutdiffuse.data.registry import DATASETS
+from layoutdiffuse.evaluation.crop_classifier import CROP, load_crop_classifier
+from layoutdiffuse.evaluation.layout_accuracy import layout_accuracy
+from layoutdiffuse.evaluation.layout_mnist import generate
+from layoutdiffuse.sampling import load_model
+
+FAMILIES = {
+    "single_large": [[0.06, 0.04, 0.88, 0.92]],
+    "side_by_side": [[0.05, 0.15, 0.42, 0.7], [0.53, 0.15, 0.42, 0.7]],
+    "row_of_3": [[0.02, 0.28, 0.3, 0.44], [0.35, 0.28, 0.3, 0.44], [0.68, 0.28, 0.3, 0.44]],
+    "row_of_4": [[0.01, 0.32, 0.23, 0.36], [0.26, 0.32, 0.23, 0.36], [0.51, 0.32, 0.23, 0.36], [0.76, 0.32, 0.23, 0.36]],
+    "grid_2x2": [[0.04, 0.04, 0.42, 0.42], [0.54, 0.04, 0.42, 0.42], [0.04, 0.54, 0.42, 0.42], [0.54, 0.54, 0.42, 0.42]],
+    "small": [[0.15, 0.2, 0.18, 0.25], [0.6, 0.55, 0.18, 0.25]],
+    "overlapping": [[0.1, 0.15, 0.45, 0.65], [0.4, 0.2, 0.45, 0.65]],
+    "training_like": [[0.08, 0.1, 0.3, 0.45], [0.55, 0.45, 0.3, 0.45]],
+}
+
+
+def family_layouts(boxes: list[list[float]], n: int, g: torch.Generator) -> torch.Tensor:
+    """``n`` layouts ``(n, N, 5)`` of the family's boxes with random classes."""
+    rows = torch.tensor(boxes).expand(n, -1, -1)
+    classes = torch.randint(0, 10, (n, len(boxes), 1), generator=g).float()
+    return torch.cat([rows, classes], -1)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", default=None, help="default: the shipped model")
+    p.add_argument("--n", type=int, default=32, help="samples per family")
+    p.add_argument("--families", default=",".join(FAMILIES))
+    p.add_argument("--sampler")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--guidance", type=float)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ceiling-canvases", type=int, default=500, help="real validation canvases for the judge's ceiling")
+    p.add_argument("--root", default=None)
+    p.add_argument("--out", help="also write the JSON here")
+    args = p.parse_args()
+    module = load_model(args.ckpt)
+    judge = load_crop_classifier()
+    used = {**module.sampling_args, **{k: v for k, v in dict(sampler=args.sampler, steps=args.steps, guidance=args.guidance).items() if v is not None}}
+    opts = {k: used[k] for k in ("sampler", "steps", "guidance")}
+    size = module.image_shape[-1]
+    val = DATASETS.get("layout_mnist")(split="val", root=args.root, image_size=size, length=args.ceiling_canvases)
+    real = val.collate([val[i] for i in range(args.ceiling_canvases)])
+    ceiling = layout_accuracy(real["image"], real["layout"], judge, **CROP).accuracy
+    result = {"ckpt": args.ckpt or "shipped", **opts, "n_per_family": args.n, "threads": torch.get_num_threads(),
+              "real_canvas_ceiling": round(ceiling, 4), "families": {}}
+    for k, name in enumerate(args.families.split(",")):
+        layouts = family_layouts(FAMILIES[name], args.n, torch.Generator().manual_seed(args.seed + k))
+        start = time.perf_counter()
+        images = generate(module, layouts, seed=args.seed + 100 * k, batch_size=args.n, **opts)
+        acc = layout_accuracy(images, layouts, judge, **CROP)
+        result["families"][name] = {"boxes": acc.count, "layout_accuracy": round(acc.accuracy, 4),
+                                    "of_ceiling": round(acc.accuracy / ceiling, 4), "seconds": round(time.perf_counter() - start, 1)}
+        if args.out:
+            Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
