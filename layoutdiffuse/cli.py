@@ -8,6 +8,8 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
+
 from .errors import UserError
 
 log = logging.getLogger("layoutdiffuse")
