@@ -5,8 +5,9 @@
 The default checkpoint is the shipped Layout-MNIST LayoutDiffuse model
 (``layoutdiffuse/weights/layout_mnist.safetensors``). Every batched draw in the package (this
 one-liner, ``evaluate``, the benchmarks, the notebooks) goes through :func:`sample_batched`, whose
-seeding rule makes image ``i`` independent of the batch size: the batch that starts at image ``i``
-uses a generator seeded ``seed + i``.
+seeding rule is one for all: the batch that starts at image ``i`` uses a generator seeded
+``seed + i``, so a draw does not depend on what ran before, and the same ``seed`` and batch size
+give the same images.
 """
 from __future__ import annotations
 
@@ -67,7 +68,8 @@ def sample_batched(module: pl.LightningModule, n: int, layouts: torch.Tensor | N
 
     ``layouts``: ``(n, N, 5)`` box layouts (row ``i`` conditions image ``i``) or ``None``
     (unconditional). The batch starting at image ``i`` draws from a generator seeded ``seed + i``,
-    so a sample does not depend on the batch size or on what ran before. ``prompt``: the caption of
+    so a draw does not depend on what ran before (images inside one batch share its generator, so
+    the images after a batch's first one change with the batch size). ``prompt``: the caption of
     every sample (text foundations). ``sampling``: ``sampler``, ``steps``, ``guidance``,
     ``negative_prompt``, ... (``None`` = the module's setting).
     """
