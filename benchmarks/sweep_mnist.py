@@ -36,16 +36,16 @@ import torch
 
 from layoutdiffuse.config import load_config
 from layoutdiffuse.evaluation.classifier import load_digit_classifier, mnist_tensors
-from layoutdiffuse.evaluation.digit_quality import at_28, confident_fraction, digit_fraction
+from layoutdiffuse.evaluation.digit_quality import at_28, classifier_outputs, confident_fraction, digit_fraction
 from layoutdiffuse.evaluation.fid import digit_fid
-from layoutdiffuse.experiment import build_module, train
+from layoutdiffuse.experiment import build_module, export_weights, train
 from layoutdiffuse.malloc import retain_freed_memory
 from layoutdiffuse.visualize import save_grid
 
 RESULTS = Path(__file__).parent / "results" / "sweep_mnist"
 SLOW_IMAGES_PER_S = 32.0  # issue 16: configs/mnist.json (base 32, 32x32) with 2 threads on the slow machine
 TRAIN_SECONDS = 480.0  # the demo's trainer_args.max_time (8 minutes)
-N_SAMPLES, N_REAL = 64, 1000  # 64 = the demo grid
+N_SAMPLES, N_REAL = 100, 1000  # 100 = the demo grid (10 per class for class-conditional models)
 
 #: the architecture whose slow-machine speed is known (configs/mnist.json before the sweep)
 REFERENCE = {"image_size": 32, "model": {"base_channel": 32, "channel_mult": [1, 2, 2], "attn_levels": [2]}}
@@ -61,17 +61,40 @@ TRIALS: dict[str, dict[str, Any]] = {
     "r28_w24_v_minsnr_b32": {"image_size": 28, "model": {"base_channel": 24}, "batch": 32,
                              "diffusion": {"prediction": "v", "schedule": "linear", "loss_weighting": "min_snr", "ema_decay": 0.99}, "lr": 2e-3, "warmup": 50},
 }
-#: samplers tried on every trained model (EMA and live weights)
-SAMPLERS = [({"sampler": "dpm++", "steps": 20}, (True, False)), ({"sampler": "ddim", "steps": 20}, (True,)), ({"sampler": "ancestral", "steps": 50}, (True,))]
+#: class-conditional trials: a label embedding (``num_classes``), labels dropped for 10 % of the
+#: images so one model also predicts unconditionally (classifier-free guidance)
+TRIALS.update({
+    "c28_w24_v_minsnr_b32": {"image_size": 28, "model": {"base_channel": 24, "num_classes": 10}, "batch": 32,
+                             "diffusion": {"prediction": "v", "schedule": "linear", "loss_weighting": "min_snr", "ema_decay": 0.99,
+                                           "cond_drop_prob": 0.1}, "lr": 2e-3, "warmup": 50},
+    "c28_w32_v_minsnr_b32": {"image_size": 28, "model": {"base_channel": 32, "num_classes": 10}, "batch": 32,
+                             "diffusion": {"prediction": "v", "schedule": "linear", "loss_weighting": "min_snr", "ema_decay": 0.99,
+                                           "cond_drop_prob": 0.1}, "lr": 2e-3, "warmup": 50},
+})
+#: (sampler options, EMA weights?) scored on every trained model
+SAMPLERS = [({"sampler": "dpm++", "steps": 20}, True), ({"sampler": "dpm++", "steps": 20}, False), ({"sampler": "ddim", "steps": 20}, True),
+            ({"sampler": "ancestral", "steps": 50}, True)]
+#: class-conditional models: the same at guidance 3, plus scans of the guidance scale and of the
+#: stochastic samplers' step counts (1 = the conditional model alone)
+CLASS_SAMPLERS = [(dict(opts, guidance=3.0), ema) for opts, ema in SAMPLERS] + [
+    ({"sampler": "dpm++", "steps": 20, "guidance": g}, True) for g in (1.0, 2.0, 5.0)] + [
+    ({"sampler": "ancestral", "steps": 50, "guidance": g}, True) for g in (2.0, 4.0)] + [
+    ({"sampler": "ancestral", "steps": k, "guidance": 3.0}, True) for k in (25, 100)] + [
+    ({"sampler": "dpm++sde", "steps": k, "guidance": 3.0}, True) for k in (20, 50)]
 
 
 def architecture(spec: dict[str, Any]) -> tuple[int, str]:
-    return spec["image_size"], json.dumps({**REFERENCE["model"], **spec.get("model", {})}, sort_keys=True)
+    """(image size, model JSON) of a trial; the label embedding costs nothing measurable, so it is left out."""
+    model = {k: v for k, v in {**REFERENCE["model"], **spec.get("model", {})}.items() if k != "num_classes"}
+    return spec["image_size"], json.dumps(model, sort_keys=True)
 
 
 def trial_config(name: str, spec: dict[str, Any], steps: int, out: Path) -> dict[str, Any]:
     config = copy.deepcopy(load_config("configs/mnist.json"))
     config.update(expt_name=name, expt_dir=str(out))
+    config["denoising_model"].pop("num_classes", None)  # each trial says whether it is class-conditional
+    config["diffusion"].pop("cond_drop_prob", None)
+    config["diffusion"]["sampling"].pop("guidance", None)
     config["denoising_model"].update({**REFERENCE["model"], **spec.get("model", {})})
     config["data"].update(image_size=spec["image_size"], batch_size=spec.get("batch", 64), num_workers=0)
     diffusion = config["diffusion"]
@@ -118,17 +141,24 @@ def speed_ratio(spec: dict[str, Any]) -> float:
 
 
 def score(module: Any, real: torch.Tensor, classifier: torch.nn.Module, name: str, out: Path) -> list[dict[str, Any]]:
+    """Every entry of SAMPLERS (CLASS_SAMPLERS for class-conditional models) scored on N_SAMPLES
+    samples; class-conditional samples also get ``label_accuracy`` (the classifier reads the class asked for)."""
     rows = []
-    for opts, emas in SAMPLERS:
-        for ema in emas:
-            start = time.perf_counter()
-            images = module.sample(N_SAMPLES, generator=torch.Generator().manual_seed(0), use_ema=ema, **opts)
-            seconds = time.perf_counter() - start
-            rows.append({**opts, "ema": ema, "confident_fraction": round(confident_fraction(images, classifier=classifier), 4),
-                         "digit_fraction": round(digit_fraction(images, classifier=classifier), 4),
-                         "digit_fid": round(digit_fid(real, at_28(images), classifier=classifier), 2), "sample_seconds": round(seconds, 1)})
-            save_grid(images[:64], out / f"{name}_{opts['sampler']}{opts['steps']}_{'ema' if ema else 'live'}.png")
-            logging.info("%s %s", name, rows[-1])
+    classes = getattr(module.model, "num_classes", None)
+    for opts, ema in CLASS_SAMPLERS if classes else SAMPLERS:
+        start = time.perf_counter()
+        images = module.sample(N_SAMPLES, generator=torch.Generator().manual_seed(0), use_ema=ema, **opts)
+        seconds = time.perf_counter() - start
+        row = {**opts, "ema": ema, "confident_fraction": round(confident_fraction(images, classifier=classifier), 4),
+               "digit_fraction": round(digit_fraction(images, classifier=classifier), 4),
+               "digit_fid": round(digit_fid(real, at_28(images), classifier=classifier), 2), "sample_seconds": round(seconds, 1)}
+        if classes:
+            predicted = classifier_outputs(images, classifier)[1].argmax(-1)
+            row["label_accuracy"] = round(float((predicted == torch.arange(N_SAMPLES) % classes).float().mean()), 4)
+        rows.append(row)
+        tag = f"_g{opts['guidance']:g}" if "guidance" in opts else ""
+        save_grid(images, out / f"{name}_{opts['sampler']}{opts['steps']}_{'ema' if ema else 'live'}{tag}.png", nrow=classes)
+        logging.info("%s %s", name, rows[-1])
     return rows
 
 
@@ -142,6 +172,7 @@ def run_trial(name: str, budget_fraction: float = 1.0) -> dict[str, Any]:
     start = time.perf_counter()
     module = train(config)
     train_seconds = time.perf_counter() - start
+    export_weights(module, out / f"{name}.safetensors", half=False)  # to score more samplers later without retraining
     classifier = load_digit_classifier()
     real = mnist_tensors(False)[0][:N_REAL]
     return {

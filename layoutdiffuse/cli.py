@@ -52,7 +52,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
     from .diffusion.guidance import check_guidance
     from .sampling import load_model, sample
-    from .visualize import save_grid
+    from .visualize import grid_columns, save_grid
 
     if not 1 <= args.n <= MAX_GRID:
         raise UserError(f"--n must be in [1, {MAX_GRID}] (samples in one grid image), got {args.n}; "
@@ -65,7 +65,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     images, layouts = sample(args.layout, n=args.n, ckpt=module, sampler=args.sampler, steps=args.steps, guidance=args.guidance, seed=args.seed, progress=True,
                               prompt=args.prompt, negative_prompt=args.negative_prompt)
     seconds = time.perf_counter() - start
-    path = save_grid(images, args.out, layouts=layouts, class_names=module.class_names or None)
+    path = save_grid(images, args.out, layouts=layouts, class_names=module.class_names or None, nrow=grid_columns(module))
     log.info("wrote %d samples to %s (%.1f s)", args.n, path, seconds)
 
 

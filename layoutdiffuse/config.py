@@ -5,6 +5,7 @@ A config has the sections of the original release::
     {"expt_name": str, "expt_dir": str, "seed": int,
      "denoising_model": {UNet arguments},            # or "adapt": {"foundation_ckpt", "layout"}
                                                      # or "adapt": {"foundation", "path", "layout", ...} (layoutdiffuse.sd)
+                                                     # or "init_ckpt": path (fine-tune a trained model)
      "diffusion": {"training": name, schedule/process, optimizer, sampling, ...},
      "data": {"dataset": name, "batch_size", "num_workers", dataset arguments},
      "trainer_args": {pytorch_lightning.Trainer arguments},
@@ -26,8 +27,10 @@ from .schema import ConfigError, check_keys, check_name, check_type, signature_d
 
 __all__ = ["ConfigError", "load_config", "set_override", "validate", "signature_defaults"]
 
-SECTIONS = ("expt_name", "expt_dir", "seed", "denoising_model", "diffusion", "data", "trainer_args", "callbacks", "adapt", "description")
+SECTIONS = ("expt_name", "expt_dir", "seed", "denoising_model", "diffusion", "data", "trainer_args", "callbacks", "adapt", "init_ckpt", "description")
 REQUIRED = ("expt_name", "diffusion", "data")
+#: the sections that say where the model comes from (a config has exactly one)
+MODEL_SECTIONS = ("denoising_model", "adapt", "init_ckpt")
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
@@ -140,8 +143,9 @@ def validate(config: dict[str, Any]) -> None:
     for key in REQUIRED:
         if key not in config:
             raise ConfigError(f"config is missing the section '{key}'")
-    if ("denoising_model" in config) == ("adapt" in config):
-        raise ConfigError("config needs exactly one of 'denoising_model' (a model of its own) or 'adapt' (adapt a foundation checkpoint)")
+    if sum(key in config for key in MODEL_SECTIONS) != 1:
+        raise ConfigError("config needs exactly one of 'denoising_model' (a model of its own), 'adapt' (adapt a foundation "
+                          "checkpoint) or 'init_ckpt' (fine-tune a trained model's checkpoint)")
     check_type(config["expt_name"], "", "expt_name")
     check_type(config.get("expt_dir", ""), "", "expt_dir")
     check_type(config.get("seed", 0), 0, "seed")
@@ -156,6 +160,8 @@ def validate(config: dict[str, Any]) -> None:
             check_arguments(model)
         except UserError as err:
             raise ConfigError(f"config section 'denoising_model': {err}") from None
+    elif "init_ckpt" in config:
+        check_type(config["init_ckpt"], "", "init_ckpt")
     elif isinstance(config["adapt"], dict) and "foundation" in config["adapt"]:  # a diffusers foundation (layoutdiffuse.sd)
         from .sd.spec import FOUNDATION_KEYS, FOUNDATION_REQUIRED, FOUNDATIONS, LAYOUT_KEYS
 

@@ -113,9 +113,13 @@ def build_loaders(config: dict[str, Any], datasets: dict[str, Any]) -> dict[str,
 
 
 def build_model(config: dict[str, Any]) -> UNet:
-    """The denoising model: from ``denoising_model``, or a foundation checkpoint adapted by ``adapt``."""
+    """The denoising model: from ``denoising_model``, a foundation checkpoint adapted by ``adapt``, or
+    the sampling (EMA) weights of a trained module's checkpoint or export (``init_ckpt``, to fine-tune)."""
     if "denoising_model" in config:
         return UNet(**config["denoising_model"])
+    if "init_ckpt" in config:
+        log.info("fine-tuning %s", config["init_ckpt"])
+        return load_checkpoint(config["init_ckpt"]).sampling_model.train()
     from .adapt import adapt
 
     spec = config["adapt"]

@@ -19,7 +19,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from .diffusion.guidance import check_guidance
+from .diffusion.guidance import check_guidance, class_labels
 from .layout import validate_layout
 from .layout_file import load_layout, parse_layout
 from .errors import UserError, MissingFileError
@@ -67,7 +67,7 @@ def sample_batched(module: pl.LightningModule, n: int, layouts: torch.Tensor | N
     """``n`` samples ``(n, C, H, W)`` in [-1, 1] on the CPU, drawn ``batch_size`` at a time.
 
     ``layouts``: ``(n, N, 5)`` box layouts (row ``i`` conditions image ``i``) or ``None``
-    (unconditional). The batch starting at image ``i`` draws from a generator seeded ``seed + i``,
+    (unconditional; a class-conditional model draws image ``i`` of class ``i % num_classes``). The batch starting at image ``i`` draws from a generator seeded ``seed + i``,
     so a draw does not depend on what ran before (images inside one batch share its generator, so
     the images after a batch's first one change with the batch size). ``prompt``: the caption of
     every sample (text foundations). ``sampling``: ``sampler``, ``steps``, ``guidance``,
@@ -83,6 +83,8 @@ def sample_batched(module: pl.LightningModule, n: int, layouts: torch.Tensor | N
         size = min(batch_size, n - i)
         g = torch.Generator(device=module.device).manual_seed(seed + i)
         cond = None if layouts is None else {"layout": layouts[i : i + size].to(module.device)}
+        if cond is None and getattr(module.model, "num_classes", None):  # image j of the draw: class j % num_classes
+            cond = {"label": class_labels(size, module.model.num_classes, start=i)["label"].to(module.device)}
         if prompt is not None:
             cond = {**(cond or {}), "caption": [prompt] * size}
         chunks.append(module.sample(size, cond=cond, generator=g, progress=progress, **opts).cpu())
@@ -121,6 +123,8 @@ def sample(
 
     ``layout``: ``None`` / ``[]`` (unconditional: the empty layout), a layout file path, a list of
     ``{"label", "box"}`` objects, a tensor ``(N, 5)``, or a batch ``(B, N, 5)`` (then ``n`` is ``B``).
+    A class-conditional model (the MNIST toy) takes no layout and draws image ``i`` of class
+    ``i % num_classes``, guided by ``guidance``.
     Unset sampler options use the model's defaults. Images are drawn ``batch_size`` at a time
     (:func:`sample_batched`, with its seeding rule), so any ``n`` fits in memory.
     ``prompt`` / ``negative_prompt``: the caption and the unconditional branch's text, for models
@@ -143,6 +147,10 @@ def sample(
     if not is_layout_model(module):
         if layout is not None and (not isinstance(layout, (list, tuple, torch.Tensor)) or len(layout)):
             raise UserError("this checkpoint is not a layout model; sample it without a layout")
+        if getattr(module.model, "num_classes", None):  # class-conditional: image i of class i % num_classes
+            opts["guidance"] = guidance
+        elif guidance is not None and guidance != 1:
+            raise UserError(f"guidance {guidance:g} needs a conditional model; this checkpoint is unconditional (leave guidance unset)")
         return sample_batched(module, 8 if n is None else int(n), batch_size=batch_size, **opts).to(module.device), None
     rows = as_layout(layout, module.class_names or [str(i) for i in range(module.model.adaptor.num_classes)]).to(module.device)
     if rows.ndim == 3:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torchvision.utils import draw_bounding_boxes, make_grid, save_image
@@ -51,6 +51,12 @@ def grid(images: torch.Tensor, layouts: torch.Tensor | None = None, class_names:
         if scale and scale > 1:
             tiles = torch.nn.functional.interpolate(tiles.float(), scale_factor=scale, mode="nearest").to(torch.uint8)
     return make_grid(tiles, nrow=nrow, padding=2, pad_value=255)
+
+
+def grid_columns(module: Any) -> int | None:
+    """Columns of a sample grid: one per class for a class-conditional model (image ``i`` has class
+    ``i % num_classes``), else ``None`` (the grid's default)."""
+    return getattr(module.model, "num_classes", None) or None
 
 
 def save_grid(images: torch.Tensor, path: str | Path, layouts: torch.Tensor | None = None, class_names: Sequence[str] | None = None, nrow: int | None = None, scale: int | None = None) -> Path:

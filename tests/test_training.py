@@ -163,3 +163,26 @@ def test_validation_noise_is_the_same_in_every_process():
     assert here.getvalue() == there
     val, test = eval(there)
     assert val != test  # each stage draws its own noise
+
+
+def test_init_ckpt_fine_tunes_from_the_sampling_weights(tmp_path):
+    """``init_ckpt``: a new run whose model starts from a trained module's EMA weights."""
+    from layoutdiffuse.config import ConfigError, validate
+    from layoutdiffuse.experiment import build_module, export_weights
+
+    config = json.loads(open(CONFIGS / "mnist.json").read())
+    config["denoising_model"].update(base_channel=8, channel_mult=[1, 2], attn_levels=[1])
+    trained = build_module(config)
+    with torch.no_grad():
+        for p in trained.ema.module.parameters():
+            p.normal_()
+    path = export_weights(trained, tmp_path / "trained.safetensors", half=False)
+    fine = {k: v for k, v in config.items() if k != "denoising_model"}
+    fine["init_ckpt"] = str(path)
+    validate(fine)
+    module = build_module(fine)
+    for (name, a), b in zip(module.model.state_dict().items(), trained.ema.module.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert module.model.training  # ready to train, not left in eval mode
+    with pytest.raises(ConfigError, match="exactly one of"):
+        validate({**fine, "denoising_model": config["denoising_model"]})

@@ -66,7 +66,7 @@ def classifier_free_guidance(model: nn.Module, cond: dict[str, Any], null_cond: 
 
 
 def null_condition(cond: dict[str, Any]) -> dict[str, Any]:
-    """The unconditional version of ``cond``: empty layouts, all-ignore masks, empty captions."""
+    """The unconditional version of ``cond``: empty layouts, all-ignore masks, empty captions, class -1."""
     from ..layout import IGNORE
 
     out: dict[str, Any] = {}
@@ -77,6 +77,8 @@ def null_condition(cond: dict[str, Any]) -> dict[str, Any]:
             out[key] = torch.full_like(value, IGNORE)
         elif key == "caption":
             out[key] = [""] * len(value)
+        elif key == "label":
+            out[key] = torch.full_like(value, -1)
         elif isinstance(value, torch.Tensor):
             out[key] = torch.zeros_like(value)
         else:
@@ -87,7 +89,8 @@ def null_condition(cond: dict[str, Any]) -> dict[str, Any]:
 def drop_condition(cond: dict[str, Any], p: float, generator: torch.Generator | None = None) -> dict[str, Any]:
     """Replace each sample's condition by the null condition with probability ``p`` (CFG training).
 
-    A dropped box layout keeps its shape with every row marked padding (class -1).
+    A dropped box layout keeps its shape with every row marked padding (class -1); a dropped class
+    label becomes -1 (no class).
     """
     from ..layout import IGNORE, PAD
 
@@ -105,7 +108,16 @@ def drop_condition(cond: dict[str, Any], p: float, generator: torch.Generator | 
             value = torch.where(drop.view(-1, *([1] * (value.ndim - 1))), torch.full_like(value, IGNORE), value)
         elif key == "caption":
             value = ["" if d else c for d, c in zip(drop.tolist(), value)]
+        elif key == "label":
+            value = torch.where(drop, torch.full_like(value, -1), value)
         elif isinstance(value, torch.Tensor):
             value = value * (~drop).view(-1, *([1] * (value.ndim - 1))).to(value.dtype)
         out[key] = value
     return out
+
+
+def class_labels(n: int, num_classes: int, start: int = 0) -> dict[str, torch.Tensor]:
+    """The default condition of a class-conditional model: image ``i`` of a draw gets class
+    ``i % num_classes`` (``start`` = the index of the first image), so a grid of ``num_classes``
+    columns shows one class per column."""
+    return {"label": torch.arange(start, start + n) % num_classes}

@@ -2,6 +2,7 @@
 
 The network knows nothing about noise schedules: ``forward(x, t, cond)`` maps a noisy image and a
 timestep to the raw model output (eps, x0, v, or eps + variance channels, as the diffusion asks).
+A class-conditional UNet (``num_classes``, as in improved DDPM) also reads ``cond["label"]``.
 
 Adaptor hook: every input block, the middle block and every output block has a *key*
 (``input_3``, ``middle``, ``output_5``). When ``self.adaptor`` holds a module for a key, that
@@ -48,6 +49,9 @@ def check_arguments(args: dict[str, Any]) -> None:
     for key in POSITIVE_INTS:
         if key in args and not (is_int(args[key]) and args[key] >= 1):
             raise UserError(f"UNet argument '{key}' must be an integer >= 1, got {args[key]!r}")
+    classes = args.get("num_classes")
+    if classes is not None and not (is_int(classes) and classes >= 1):
+        raise UserError(f"UNet argument 'num_classes' must be an integer >= 1 or null (unconditional), got {classes!r}")
     if "num_res_blocks" in args and not (is_int(args["num_res_blocks"]) and args["num_res_blocks"] >= 0):
         raise UserError(f"UNet argument 'num_res_blocks' must be an integer >= 0, got {args['num_res_blocks']!r}")
     mult = args.get("channel_mult", (1,))
@@ -81,9 +85,13 @@ class UNet(nn.Module):
         dropout: dropout in ResBlocks.
         res_block_type / attn_block_type: registered names (see ``RES_BLOCKS``, ``ATTN_BLOCKS``).
         layout: optional adaptor config (see :mod:`layoutdiffuse.nn.adaptor`); ``None`` = foundation.
+        num_classes: class-conditional model (improved DDPM's ``class_cond``): a learned embedding
+            per class, plus one for "no class" (label -1, the unconditional branch of classifier-free
+            guidance), is added to the timestep embedding. ``None`` = unconditional.
 
     Shapes: ``x: (B, in_channel, H, W)``, ``t: (B,)`` -> ``(B, out_channel, H, W)``; ``H, W``
-    divisible by ``2 ** (len(channel_mult) - 1)``.
+    divisible by ``2 ** (len(channel_mult) - 1)``; ``cond["label"]: (B,)`` integers in
+    ``[-1, num_classes)`` (missing = all -1).
     """
 
     def __init__(
@@ -99,16 +107,20 @@ class UNet(nn.Module):
         res_block_type: str = "scale_shift",
         attn_block_type: str = "self",
         layout: dict[str, Any] | None = None,
+        num_classes: int | None = None,
     ):
         super().__init__()
         check_arguments(dict(in_channel=in_channel, out_channel=out_channel, base_channel=base_channel, channel_mult=channel_mult,
-                             num_res_blocks=num_res_blocks, attn_levels=attn_levels, num_heads=num_heads, dropout=dropout))
+                             num_res_blocks=num_res_blocks, attn_levels=attn_levels, num_heads=num_heads, dropout=dropout,
+                             num_classes=num_classes))
         self.config = dict(
             in_channel=in_channel, out_channel=out_channel, base_channel=base_channel,
             channel_mult=list(channel_mult), num_res_blocks=num_res_blocks, attn_levels=list(attn_levels),
             num_heads=num_heads, dropout=dropout, res_block_type=res_block_type,
             attn_block_type=attn_block_type, layout=layout,
         )
+        if num_classes is not None:
+            self.config["num_classes"] = num_classes  # absent for unconditional models: their configs stay as before
         Res = RES_BLOCKS.get(res_block_type)
         Attn = ATTN_BLOCKS.get(attn_block_type)
         bad_levels = [lvl for lvl in attn_levels if not 0 <= lvl < len(channel_mult)]
@@ -117,6 +129,8 @@ class UNet(nn.Module):
         emb_dim = 4 * base_channel
         self.base_channel = base_channel
         self.time_embed = nn.Sequential(nn.Linear(base_channel, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.num_classes = num_classes
+        self.label_embed = nn.Embedding(num_classes + 1, emb_dim) if num_classes else None  # row num_classes = no class
 
         #: level (downsample exponent) and channels of each hook key, for the adaptor
         self.block_info: dict[str, tuple[int, int]] = {}
@@ -167,6 +181,19 @@ class UNet(nn.Module):
     def downsample_factor(self) -> int:
         return 2 ** (len(self.config["channel_mult"]) - 1)
 
+    def label_index(self, cond: Cond, batch: int, device: torch.device) -> torch.Tensor:
+        """Rows of ``label_embed`` ``(B,)`` for ``cond["label"]`` (-1 or missing -> the "no class" row)."""
+        labels = cond.get("label") if isinstance(cond, dict) else None
+        if labels is None:
+            return torch.full((batch,), self.num_classes, device=device, dtype=torch.long)
+        labels = torch.as_tensor(labels, device=device)
+        if labels.shape != (batch,) or labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+            raise UserError(f"cond['label'] must be {batch} integers (one per image), got {labels.dtype} of shape {tuple(labels.shape)}")
+        bad = (labels < -1) | (labels >= self.num_classes)
+        if bad.any():
+            raise UserError(f"class label {int(labels[bad][0])} out of range: labels are 0..{self.num_classes - 1}, or -1 for no class")
+        return torch.where(labels < 0, self.num_classes, labels).long()
+
     def _hook(self, key: str, h: torch.Tensor, cond: Cond) -> torch.Tensor:
         if self.adaptor is not None and key in self.adaptor.blocks:
             h = self.adaptor.blocks[key](h, cond)
@@ -181,6 +208,8 @@ class UNet(nn.Module):
         if self.adaptor is not None:
             cond = self.adaptor.prepare(cond, x.shape[0])
         emb = self.time_embed(timestep_embedding(t, self.base_channel))
+        if self.label_embed is not None:
+            emb = emb + self.label_embed(self.label_index(cond, x.shape[0], x.device))
         hs = []
         h = x
         for i, block in enumerate(self.input_blocks):

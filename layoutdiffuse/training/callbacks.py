@@ -10,7 +10,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from ..visualize import save_grid
+from ..visualize import grid_columns, save_grid
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class ImageLogger(pl.Callback):
         images = pl_module.sample(n, cond=cond, generator=g, **self.sampling)
         path = self.out_dir / f"step_{trainer.global_step:06d}.png"
         layouts = cond.get("layout") if cond else None
-        save_grid(images, path, layouts=layouts, class_names=self.class_names)
+        save_grid(images, path, layouts=layouts, class_names=self.class_names, nrow=grid_columns(pl_module))
         self.last_path = path
         log.info("wrote samples to %s", path)
         for logger in trainer.loggers:

@@ -26,7 +26,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from ..diffusion import GaussianDiffusion, classifier_free_guidance, conditioned, make_sampler
 from ..diffusion.gaussian import ModelFn
-from ..diffusion.guidance import check_guidance, drop_condition, null_condition
+from ..diffusion.guidance import check_guidance, class_labels, drop_condition, null_condition
 from ..errors import UserError
 from .progress import training_fraction
 
@@ -277,8 +277,11 @@ class DDPMTraining(pl.LightningModule):
 
         ``overrides`` replace the default sampling options: ``sampler`` (a registered name),
         ``steps``, ``guidance`` (classifier-free scale, needs ``cond``), ``clip``, ``eta``, ...
+        A class-conditional model given no ``cond`` draws image ``i`` of class ``i % num_classes``.
         """
         opts = {**self.sampling_args, **overrides}
+        if cond is None and getattr(self.model, "num_classes", None):
+            cond = {k: v.to(self.device) for k, v in class_labels(n, self.model.num_classes).items()}
         name, guidance = opts.pop("sampler"), check_guidance(opts.pop("guidance"))
         model = self.sampling_model if use_ema else self.model
         model_fn = self.guided_model_fn(model, cond, guidance)
