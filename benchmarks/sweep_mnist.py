@@ -70,6 +70,12 @@ TRIALS.update({
     "c28_w32_v_minsnr_b32": {"image_size": 28, "model": {"base_channel": 32, "num_classes": 10}, "batch": 32,
                              "diffusion": {"prediction": "v", "schedule": "linear", "loss_weighting": "min_snr", "ema_decay": 0.99,
                                            "cond_drop_prob": 0.1}, "lr": 2e-3, "warmup": 50},
+    "c28_w24_v_minsnr_b16": {"image_size": 28, "model": {"base_channel": 24, "num_classes": 10}, "batch": 16,
+                             "diffusion": {"prediction": "v", "schedule": "linear", "loss_weighting": "min_snr", "ema_decay": 0.995,
+                                           "cond_drop_prob": 0.1}, "lr": 2e-3, "warmup": 100},
+    "c28_w16_v_minsnr_b32": {"image_size": 28, "model": {"base_channel": 16, "num_classes": 10}, "batch": 32,
+                             "diffusion": {"prediction": "v", "schedule": "linear", "loss_weighting": "min_snr", "ema_decay": 0.99,
+                                           "cond_drop_prob": 0.1}, "lr": 2e-3, "warmup": 50},
 })
 #: (sampler options, EMA weights?) scored on every trained model
 SAMPLERS = [({"sampler": "dpm++", "steps": 20}, True), ({"sampler": "dpm++", "steps": 20}, False), ({"sampler": "ddim", "steps": 20}, True),

@@ -84,11 +84,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from .experiment import load_checkpoint
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if not (args.nll or args.fid or args.layout):  # before loading anything
-        raise UserError("nothing to evaluate: pass --nll (bits/dim on MNIST-test), --fid (digit-FID of samples vs MNIST-test) "
-                        "and/or --layout (layout accuracy, digit-FID and diversity of a Layout-MNIST layout model)")
+    if not (args.nll or args.fid or args.layout or args.digits):  # before loading anything
+        raise UserError("nothing to evaluate: pass --nll (bits/dim on MNIST-test), --fid (digit-FID of samples vs MNIST-test), "
+                        "--digits (share of samples read as digits) and/or --layout (layout accuracy, digit-FID and diversity "
+                        "of a Layout-MNIST layout model)")
     module = load_checkpoint(args.ckpt, map_location=device).to(device)
-    result = evaluate_checkpoint(module, nll=args.nll, fid=args.fid, layout=args.layout, n=args.n, sampler=args.sampler,
+    result = evaluate_checkpoint(module, nll=args.nll, fid=args.fid, layout=args.layout, digits=args.digits, n=args.n, sampler=args.sampler,
                                  steps=args.steps, guidance=args.guidance, seed=args.seed, batch_size=args.batch_size,
                                  data_root=args.data_root, progress=args.progress)
     sys.stdout.write(json.dumps({"ckpt": str(args.ckpt), **result}, indent=1) + "\n")
@@ -136,17 +137,19 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="edited.png", help="the edited image (PNG, the model's size)")
     d.add_argument("--grid", help="also write a picture of the original and the edits with their layouts drawn")
     d.set_defaults(func=cmd_edit)
-    e = sub.add_parser("evaluate", help="bits/dim on MNIST-test (--nll), digit-FID of samples vs MNIST-test (--fid), "
+    e = sub.add_parser("evaluate", help="bits/dim on MNIST-test (--nll), digit-FID of samples vs MNIST-test (--fid), digit quality (--digits), "
                        "Layout-MNIST layout accuracy / digit-FID / diversity (--layout); prints JSON")
     e.add_argument("--ckpt", required=True)
     e.add_argument("--nll", action="store_true", help="bits/dim (the variational bound) of the first --n MNIST-test images")
     e.add_argument("--fid", action="store_true", help="digit-FID of --n samples against all of MNIST-test")
     e.add_argument("--layout", action="store_true", help="layout accuracy (box crops read by the crop judge), digit-FID vs real "
                    "canvases and diversity of --n Layout-MNIST validation layouts (layout models)")
-    e.add_argument("--n", type=int, help="images: default 256 for --nll, 1000 for --fid, 500 layouts for --layout")
-    e.add_argument("--sampler", help="for --fid/--layout: ancestral | ddim | plms | dpm++ | dpm++sde (default: the checkpoint's)")
-    e.add_argument("--steps", type=int, help="for --fid/--layout: sampling steps (default: the checkpoint's)")
-    e.add_argument("--guidance", type=float, help="for --layout: classifier-free guidance scale (default: the checkpoint's)")
+    e.add_argument("--digits", action="store_true", help="share of --n samples read as digits by the digit classifier (confident, "
+                   "and in-distribution), and the label accuracy of class-conditional toys; --n 100 scores make demo's grid")
+    e.add_argument("--n", type=int, help="images: default 256 for --nll, 1000 for --fid, 100 for --digits, 500 layouts for --layout")
+    e.add_argument("--sampler", help="for --fid/--digits/--layout: ancestral | ddim | plms | dpm++ | dpm++sde (default: the checkpoint's)")
+    e.add_argument("--steps", type=int, help="for --fid/--digits/--layout: sampling steps (default: the checkpoint's)")
+    e.add_argument("--guidance", type=float, help="for --layout and class-conditional --fid/--digits: classifier-free guidance scale (default: the checkpoint's)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--batch-size", type=int, default=250)
     e.add_argument("--data-root", help="data root holding MNIST/raw (default: $LAYOUTDIFFUSE_DATA, else ~/data)")

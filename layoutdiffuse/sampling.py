@@ -92,10 +92,11 @@ def sample_batched(module: pl.LightningModule, n: int, layouts: torch.Tensor | N
 
 
 def timed_samples(module: pl.LightningModule, n: int, sampler: str | None = None, steps: int | None = None, seed: int = 0,
-                  batch_size: int = 250) -> tuple[torch.Tensor, float]:
-    """:func:`sample_batched` (unconditional) and the wall seconds it took (the GPU synchronised)."""
+                  batch_size: int = 250, guidance: float | None = None) -> tuple[torch.Tensor, float]:
+    """:func:`sample_batched` with no layout (a class-conditional model: image ``i`` of class
+    ``i % num_classes``) and the wall seconds it took (the GPU synchronised)."""
     start = time.perf_counter()
-    images = sample_batched(module, n, seed=seed, batch_size=batch_size, sampler=sampler, steps=steps)
+    images = sample_batched(module, n, seed=seed, batch_size=batch_size, sampler=sampler, steps=steps, guidance=guidance)
     if module.device.type == "cuda":
         torch.cuda.synchronize()
     return images, time.perf_counter() - start

@@ -97,3 +97,19 @@ def test_layout_scores_need_a_layout_model(improved_ckpt, mnist_root, capsys):
     assert main(["evaluate", "--ckpt", str(improved_ckpt), "--layout", "--n", "2", "--data-root", str(mnist_root)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "needs a layout model" in err[0]
+
+
+def test_digits_scores_the_class_conditional_toy(tmp_path, mnist_root, capsys):
+    """``--digits`` on the MNIST toy (class-conditional): the shares read as digits and as the class asked for."""
+    ckpt = tiny_checkpoint(tmp_path, mnist_root, "mnist.json", "tiny_classes")
+    digits = run_json(capsys, ["evaluate", "--ckpt", str(ckpt), "--digits", "--n", "6", "--steps", "2", "--guidance", "2"])["digits"]
+    assert digits["sampler"] == "ancestral" and digits["steps"] == 2 and digits["guidance"] == 2.0 and digits["n"] == 6
+    for key in ("confident_fraction", "digit_fraction", "label_accuracy"):
+        assert 0 <= digits[key] <= 1 and abs(digits[key] * 6 - round(digits[key] * 6)) < 1e-3, (key, digits)  # a share of 6 images
+    assert digits["digit_fraction"] <= digits["confident_fraction"]
+
+
+def test_digits_refuses_a_layout_model(capsys):
+    shipped = os.path.join(REPO, "layoutdiffuse", "weights", "layout_mnist.safetensors")
+    assert main(["evaluate", "--ckpt", shipped, "--digits"]) == 2
+    assert "for a layout model use layout" in capsys.readouterr().err

@@ -104,6 +104,20 @@ def digit_fraction(images: torch.Tensor, threshold: float = 0.9, classifier: nn.
     return float(ok.float().mean())
 
 
+def digit_report(images: torch.Tensor, labels: torch.Tensor | None = None, threshold: float = 0.9,
+                 classifier: nn.Module | None = None) -> dict[str, float]:
+    """``confident_fraction`` and ``digit_fraction`` of ``images: (B, 1|3, H, W)``, and with
+    ``labels: (B,)`` (the classes asked of a class-conditional model) ``label_accuracy``: the share
+    the classifier reads as the class asked for."""
+    classifier = classifier if classifier is not None else load_digit_classifier()
+    report = {"confident_fraction": confident_fraction(images, threshold, classifier),
+              "digit_fraction": digit_fraction(images, threshold, classifier)}
+    if labels is not None:
+        predicted = classifier_outputs(images, classifier)[1].argmax(-1)
+        report["label_accuracy"] = float((predicted == labels.cpu()).float().mean())
+    return {k: round(v, 4) for k, v in report.items()}
+
+
 def check(images: torch.Tensor, threshold: float) -> None:
     if not 0 < threshold < 1:
         raise UserError(f"threshold must be in (0, 1), got {threshold}")
