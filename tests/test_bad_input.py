@@ -310,7 +310,7 @@ def mnist_config():
     ("denoising_model.num_heads=0", "'num_heads' must be an integer >= 1"),
     ("denoising_model.base_channel=-8", "'base_channel' must be an integer >= 1"),
     ("denoising_model.channel_mult=[]", "'channel_mult' must be a non-empty list"),
-    ("denoising_model.num_heads=5", "'num_heads' (5) must divide"),  # widths of configs/mnist.json: 24, 48
+    ("denoising_model.num_heads=5", "'num_heads' (5) must divide"),  # widths of configs/mnist.json: 16, 32
     ("trainer_args.max_steps=-5", "'trainer_args.max_steps' must be an integer >= 1, or -1"),
     ("trainer_args.max_steps=0", "'trainer_args.max_steps' must be an integer >= 1, or -1"),
     ("data.image_size=0", "'data.image_size' must be an integer >= 1"),
