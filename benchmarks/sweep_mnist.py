@@ -36,7 +36,7 @@ import torch
 
 from layoutdiffuse.config import load_config
 from layoutdiffuse.evaluation.classifier import load_digit_classifier, mnist_tensors
-from layoutdiffuse.evaluation.digit_quality import at_28, classifier_outputs, confident_fraction, digit_fraction
+from layoutdiffuse.evaluation.digit_quality import at_28, confident_fraction, digit_fraction, digit_report
 from layoutdiffuse.evaluation.fid import digit_fid
 from layoutdiffuse.experiment import build_module, export_weights, train
 from layoutdiffuse.malloc import retain_freed_memory
@@ -155,13 +155,9 @@ def score(module: Any, real: torch.Tensor, classifier: torch.nn.Module, name: st
         start = time.perf_counter()
         images = module.sample(N_SAMPLES, generator=torch.Generator().manual_seed(0), use_ema=ema, **opts)
         seconds = time.perf_counter() - start
-        row = {**opts, "ema": ema, "confident_fraction": round(confident_fraction(images, classifier=classifier), 4),
-               "digit_fraction": round(digit_fraction(images, classifier=classifier), 4),
-               "digit_fid": round(digit_fid(real, at_28(images), classifier=classifier), 2), "sample_seconds": round(seconds, 1)}
-        if classes:
-            predicted = classifier_outputs(images, classifier)[1].argmax(-1)
-            row["label_accuracy"] = round(float((predicted == torch.arange(N_SAMPLES) % classes).float().mean()), 4)
-        rows.append(row)
+        labels = torch.arange(N_SAMPLES) % classes if classes else None
+        rows.append({**opts, "ema": ema, **digit_report(images, labels, classifier=classifier),
+                     "digit_fid": round(digit_fid(real, at_28(images), classifier=classifier), 2), "sample_seconds": round(seconds, 1)})
         tag = f"_g{opts['guidance']:g}" if "guidance" in opts else ""
         save_grid(images, out / f"{name}_{opts['sampler']}{opts['steps']}_{'ema' if ema else 'live'}{tag}.png", nrow=classes)
         logging.info("%s %s", name, rows[-1])

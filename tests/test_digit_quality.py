@@ -41,3 +41,18 @@ def test_32px_samples_are_read_at_28px():
     assert at_28(x[:, :, :28, :28]) is not None and torch.equal(at_28(x[:, :, :28, :28]), x[:, :, :28, :28])
     with pytest.raises(UserError, match="threshold must be in"):
         confident_fraction(x, threshold=1.5)
+
+
+def test_digit_report_equals_the_separate_measures(setup, mnist_root):
+    """One classifier pass gives what the separate functions give; label accuracy against a naive count."""
+    from layoutdiffuse.evaluation.digit_quality import digit_report
+
+    classifier, ref, real = setup
+    images = torch.cat([real[:40], torch.randn(20, 1, 28, 28, generator=torch.Generator().manual_seed(1)).clamp(-1, 1)])
+    _, y_test = mnist_tensors(False, mnist_root)
+    labels = torch.cat([y_test[1000:1040], torch.zeros(20, dtype=torch.long)])
+    report = digit_report(images, labels, classifier=classifier, reference=ref)
+    assert report["confident_fraction"] == round(confident_fraction(images, classifier=classifier), 4)
+    assert report["digit_fraction"] == round(digit_fraction(images, classifier=classifier, reference=ref), 4)
+    predicted = [int(classifier(at_28(images[i : i + 1])).argmax()) for i in range(len(images))]
+    assert report["label_accuracy"] == round(sum(p == int(l) for p, l in zip(predicted, labels)) / len(images), 4)

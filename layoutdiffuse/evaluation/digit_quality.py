@@ -105,16 +105,19 @@ def digit_fraction(images: torch.Tensor, threshold: float = 0.9, classifier: nn.
 
 
 def digit_report(images: torch.Tensor, labels: torch.Tensor | None = None, threshold: float = 0.9,
-                 classifier: nn.Module | None = None) -> dict[str, float]:
+                 classifier: nn.Module | None = None, reference: DigitReference | None = None) -> dict[str, float]:
     """``confident_fraction`` and ``digit_fraction`` of ``images: (B, 1|3, H, W)``, and with
     ``labels: (B,)`` (the classes asked of a class-conditional model) ``label_accuracy``: the share
-    the classifier reads as the class asked for."""
+    the classifier reads as the class asked for. The classifier runs once."""
+    check(images, threshold)
     classifier = classifier if classifier is not None else load_digit_classifier()
-    report = {"confident_fraction": confident_fraction(images, threshold, classifier),
-              "digit_fraction": digit_fraction(images, threshold, classifier)}
+    reference = reference if reference is not None else mnist_reference()
+    feats, probs = classifier_outputs(images, classifier)
+    confident = probs.amax(-1) >= threshold
+    report = {"confident_fraction": float(confident.float().mean()),
+              "digit_fraction": float((confident & (reference.distance(feats) <= reference.radius)).float().mean())}
     if labels is not None:
-        predicted = classifier_outputs(images, classifier)[1].argmax(-1)
-        report["label_accuracy"] = float((predicted == labels.cpu()).float().mean())
+        report["label_accuracy"] = float((probs.argmax(-1) == labels.cpu()).float().mean())
     return {k: round(v, 4) for k, v in report.items()}
 
 
