@@ -14,7 +14,8 @@ of the widget would, unlike the training canvases (1-3 digits, longer side 35-60
 * ``overlapping``: two digits whose boxes overlap by a third;
 * ``training_like``: two digits of the training scale, apart (the in-distribution reference).
 
-``n`` samples per family, every sample with its own random classes; the boxes are read by the
+``n`` samples per family, every sample with its own random classes (seeded by the family, so
+``--families small`` draws what the full run draws); the boxes are read by the
 Layout-MNIST crop judge (as ``evaluate --layout``). Two ceilings of the metric are reported: the
 judge's accuracy on real validation canvases (``real_canvas_ceiling``, the training distribution),
 and per family ``real_ceiling``: the judge on real validation digits of the same classes pasted
@@ -80,6 +81,10 @@ def main() -> None:
     p.add_argument("--root", default=None)
     p.add_argument("--out", help="also write the JSON here")
     args = p.parse_args()
+    names = args.families.split(",")
+    unknown = [name for name in names if name not in FAMILIES]
+    if unknown:
+        p.error(f"unknown families {unknown}; choose from: {', '.join(FAMILIES)}")
     module = load_model(args.ckpt)
     judge = load_crop_classifier()
     used = {**module.sampling_args, **{k: v for k, v in dict(sampler=args.sampler, steps=args.steps, guidance=args.guidance).items() if v is not None}}
@@ -90,7 +95,8 @@ def main() -> None:
     ceiling = layout_accuracy(real["image"], real["layout"], judge, **CROP).accuracy
     result = {"ckpt": args.ckpt or "shipped", **opts, "n_per_family": args.n, "threads": torch.get_num_threads(),
               "real_canvas_ceiling": round(ceiling, 4), "families": {}}
-    for k, name in enumerate(args.families.split(",")):
+    for name in names:
+        k = list(FAMILIES).index(name)  # the family's seeds do not depend on which families run
         layouts = family_layouts(FAMILIES[name], args.n, torch.Generator().manual_seed(args.seed + k))
         start = time.perf_counter()
         images = generate(module, layouts, seed=args.seed + 100 * k, batch_size=args.n, **opts)

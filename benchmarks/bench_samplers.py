@@ -29,7 +29,6 @@ import logging
 import os
 import platform
 import sys
-import time
 
 import torch
 

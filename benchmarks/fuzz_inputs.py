@@ -18,16 +18,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import io
 import json
 import logging
-import os
 import struct
 import subprocess
 import sys
 import tempfile
-import traceback
 from pathlib import Path
 from typing import Any, Callable
 

@@ -25,7 +25,6 @@ def test_scaled_linear_is_square_of_sqrt_linspace():
 
 def test_cosine_alpha_bar_matches_closed_form():
     d = GaussianDiffusion("cosine", 1000)
-    t = torch.arange(1000)
     expected = [math.cos(((i + 1) / 1000 + 0.008) / 1.008 * math.pi / 2) ** 2 / math.cos(0.008 / 1.008 * math.pi / 2) ** 2 for i in range(1000)]
     expected = torch.tensor(expected, dtype=torch.float64)
     # betas are clipped at 0.999 only at the very end

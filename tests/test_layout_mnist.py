@@ -124,6 +124,18 @@ def test_layout_valid_and_counts(datasets, mnist_root):
     assert all(len(it["layout"]) == 3 for it in items(exact, 50))  # redraws reach min_digits
 
 
+@pytest.mark.parametrize("spacing,below_half", [("linear", 1 / 3), ("log", 1 / 2)])
+def test_scale_spacing(mnist_root, spacing, below_half):
+    """Longer box side s * S with s in (0.25, 1): uniform puts a third of the boxes below half the
+    canvas, log-uniform half of them (ln 2 / ln 4); the extremes are reached either way."""
+    ds = LayoutMNIST(mnist_root, "train", canvas_size=64, max_digits=1, digit_scale=(0.25, 1.0), scale_spacing=spacing, length=600)
+    sides = np.array([max(w, h) for item in items(ds, 600) for (_, _, w, h) in pixel_boxes(item["layout"], 64)]) / 64
+    assert len(sides) == 600 and sides.min() >= 0.25 - 1e-9 and sides.max() <= 1.0 + 1e-9
+    assert sides.min() < 0.27 and sides.max() > 0.97
+    assert abs((sides < 0.5).mean() - below_half) < 0.06
+    assert spacing in repr(ds)
+
+
 def test_overlap_limit(datasets, mnist_root):
     loose = LayoutMNIST(mnist_root, "train", canvas_size=48, max_digits=4, max_overlap=0.5)
     disjoint = LayoutMNIST(mnist_root, "train", canvas_size=64, max_digits=3, digit_scale=(0.3, 0.4), max_overlap=0.0)
@@ -229,6 +241,7 @@ def test_registry_factory(mnist_root):
     ({"split": "test"}, "unknown split 'test'; choose one of: train, val"),
     ({"digit_scale": (0.6, 0.3)}, "digit_scale"),
     ({"max_overlap": 1.5}, "max_overlap"),
+    ({"scale_spacing": "geometric"}, "unknown scale_spacing 'geometric'; choose one of: linear, log"),
 ])
 def test_clear_errors(mnist_root, kwargs, message):
     with pytest.raises(ValueError, match=message):

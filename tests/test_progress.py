@@ -4,11 +4,9 @@ import json
 import logging
 import math
 import re
-import time
 from types import SimpleNamespace
 
 import pytest
-import torch
 from pytorch_lightning.callbacks import Timer
 
 from layoutdiffuse import experiment

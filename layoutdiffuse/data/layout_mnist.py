@@ -4,7 +4,8 @@ The toy layout-to-image task (boxes as in Multi-MNIST, Hinz et al., ICLR 2019). 
 ``S x S`` (32/48/64 ...) holds ``n`` digits, ``n`` uniform in ``[min_digits, max_digits]``:
 
 * **Box**: pixel-aligned integer box ``(x0, y0, w, h)``. Its longer side is ``s * S`` rounded, with
-  ``s`` uniform in ``digit_scale``; its aspect ``w / h`` is the digit's own ink aspect times
+  ``s`` uniform in ``digit_scale`` (or log-uniform, ``scale_spacing="log"``: as many digits
+  between 0.25 and 0.5 of the canvas as between 0.5 and 1, so small digits are common); its aspect ``w / h`` is the digit's own ink aspect times
   ``exp(U(-aspect_jitter, aspect_jitter))`` (so a "1" stays thin); its position is uniform over
   the places where it fits on the canvas.
 * **Overlap rule**: intersection over the *smaller* box area ``<= max_overlap`` against every
@@ -47,6 +48,7 @@ from ..errors import UserError
 
 SPLITS = ("train", "val")
 DEFAULT_LENGTH = {"train": 60000, "val": 10000}  # one canvas per source digit, on average
+SCALE_SPACINGS = ("linear", "log")
 MIN_DIGIT_PX = 8  # smallest allowed box side: below this a digit is no longer legible
 NUM_CLASSES = 10
 CLASSES = tuple(str(i) for i in range(NUM_CLASSES))
@@ -105,6 +107,7 @@ class LayoutMNIST(torch.utils.data.Dataset):
         canvas_size: canvas side ``S`` in pixels.
         min_digits, max_digits: digits per canvas, uniform in ``[min_digits, max_digits]``.
         digit_scale: ``(lo, hi)`` range of a box's longer side as a fraction of ``S``.
+        scale_spacing: ``"linear"`` (uniform in ``digit_scale``) or ``"log"`` (log-uniform).
         aspect_jitter: log-uniform jitter of the box aspect around the digit's own.
         max_overlap: limit on intersection over the smaller box area, pairwise.
         length: number of canvases (default 60,000 train / 10,000 val).
@@ -121,7 +124,7 @@ class LayoutMNIST(torch.utils.data.Dataset):
 
     def __init__(self, root: str | os.PathLike | None = None, split: str = "train", canvas_size: int = 32,
                  min_digits: int = 1, max_digits: int = 3, digit_scale: Sequence[float] = (0.35, 0.6),
-                 aspect_jitter: float = 0.2, max_overlap: float = 0.3, length: int | None = None, seed: int = 0,
+                 scale_spacing: str = "linear", aspect_jitter: float = 0.2, max_overlap: float = 0.3, length: int | None = None, seed: int = 0,
                  mask_threshold: float = 0.5, tries: int = 32, restarts: int = 8, download: bool = False):
         if split not in SPLITS:
             raise UserError(f"unknown split '{split}'; choose one of: {', '.join(SPLITS)}")
@@ -134,6 +137,8 @@ class LayoutMNIST(torch.utils.data.Dataset):
             raise UserError(f"canvas_size {canvas_size} is too small for digit_scale {(lo, hi)}: the smallest box side would be "
                              f"{lo * canvas_size:.1f} px (< {MIN_DIGIT_PX}); use canvas_size >= {math.ceil((MIN_DIGIT_PX - 0.5) / lo)} "
                              f"or a larger digit_scale[0]")
+        if scale_spacing not in SCALE_SPACINGS:
+            raise UserError(f"unknown scale_spacing '{scale_spacing}'; choose one of: {', '.join(SCALE_SPACINGS)}")
         if aspect_jitter < 0:
             raise UserError(f"aspect_jitter must be >= 0, got {aspect_jitter}")
         if not 0 <= max_overlap <= 1:
@@ -147,6 +152,7 @@ class LayoutMNIST(torch.utils.data.Dataset):
         self.split, self.canvas_size, self.seed = split, int(canvas_size), int(seed)
         self.min_digits, self.max_digits = int(min_digits), int(max_digits)
         self.digit_scale, self.aspect_jitter, self.max_overlap = (lo, hi), float(aspect_jitter), float(max_overlap)
+        self.scale_spacing = scale_spacing
         self.mask_threshold, self.tries, self.restarts = float(mask_threshold), int(tries), int(restarts)
         self.length = DEFAULT_LENGTH[split] if length is None else int(length)
         self.root = data_root(root)
@@ -173,7 +179,8 @@ class LayoutMNIST(torch.utils.data.Dataset):
             for k in range(n):
                 x0, y0, x1, y1 = self._ink_np[digits[k]]
                 aspect = (x1 - x0) / (y1 - y0) * np.exp((2 * u[k, :, 1] - 1) * self.aspect_jitter)
-                side = np.rint((lo + (hi - lo) * u[k, :, 0]) * S)
+                frac = lo * (hi / lo) ** u[k, :, 0] if self.scale_spacing == "log" else lo + (hi - lo) * u[k, :, 0]
+                side = np.rint(frac * S)
                 w = np.where(aspect <= 1, np.maximum(1, np.rint(side * aspect)), side)
                 h = np.where(aspect <= 1, side, np.maximum(1, np.rint(side / aspect)))
                 x = np.floor(u[k, :, 2] * (S - w + 1))
@@ -223,4 +230,4 @@ class LayoutMNIST(torch.utils.data.Dataset):
 
     def __repr__(self) -> str:
         return (f"LayoutMNIST(split={self.split!r}, canvas_size={self.canvas_size}, digits={self.min_digits}-{self.max_digits}, "
-                f"digit_scale={self.digit_scale}, max_overlap={self.max_overlap}, length={self.length}, seed={self.seed})")
+                f"digit_scale={self.digit_scale} ({self.scale_spacing}), max_overlap={self.max_overlap}, length={self.length}, seed={self.seed})")

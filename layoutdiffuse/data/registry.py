@@ -41,15 +41,15 @@ def mnist_dataset(split: str = "train", root: str | None = None, image_size: int
 
 @DATASETS.register("layout_mnist")
 def layout_mnist_dataset(split: str = "train", root: str | None = None, image_size: int = 32, min_digits: int = 1,
-                         max_digits: int = 3, digit_scale: tuple[float, float] = (0.35, 0.6), aspect_jitter: float = 0.2,
-                         max_overlap: float = 0.3, length: int | None = None, seed: int = 0, download: bool = False) -> Dataset:
+                         max_digits: int = 3, digit_scale: tuple[float, float] = (0.35, 0.6), scale_spacing: str = "linear",
+                         aspect_jitter: float = 0.2, max_overlap: float = 0.3, length: int | None = None, seed: int = 0, download: bool = False) -> Dataset:
     """:class:`~layoutdiffuse.data.layout_mnist.LayoutMNIST` canvases of ``image_size`` px: box
     layouts + digit masks; ``val`` composes MNIST-test digits. ``length`` defaults to 60,000 / 10,000."""
     from .layout_mnist import LayoutMNIST
 
     check_split(split)
     return LayoutMNIST(root=root, split=split, canvas_size=image_size, min_digits=min_digits, max_digits=max_digits,
-                       digit_scale=tuple(digit_scale), aspect_jitter=aspect_jitter, max_overlap=max_overlap,
+                       digit_scale=tuple(digit_scale), scale_spacing=scale_spacing, aspect_jitter=aspect_jitter, max_overlap=max_overlap,
                        length=length, seed=seed, download=download)
 
 
