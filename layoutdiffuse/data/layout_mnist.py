@@ -4,10 +4,10 @@ The toy layout-to-image task (boxes as in Multi-MNIST, Hinz et al., ICLR 2019). 
 ``S x S`` (32/48/64 ...) holds ``n`` digits, ``n`` uniform in ``[min_digits, max_digits]``:
 
 * **Box**: pixel-aligned integer box ``(x0, y0, w, h)``. Its longer side is ``s * S`` rounded, with
-  ``s`` uniform in ``digit_scale`` (or log-uniform, ``scale_spacing="log"``: as many digits
-  between 0.25 and 0.5 of the canvas as between 0.5 and 1, so small digits are common); its aspect ``w / h`` is the digit's own ink aspect times
-  ``exp(U(-aspect_jitter, aspect_jitter))`` (so a "1" stays thin); its position is uniform over
-  the places where it fits on the canvas.
+  ``s`` uniform in ``digit_scale``, or log-uniform with ``scale_spacing="log"`` (equal size ratios
+  get equal shares, e.g. as many sides in 0.25-0.5 as in 0.5-1, so small digits are common). Its
+  aspect ``w / h`` is the digit's own ink aspect times ``exp(U(-aspect_jitter, aspect_jitter))``
+  (so a "1" stays thin); its position is uniform over the places where it fits on the canvas.
 * **Overlap rule**: intersection over the *smaller* box area ``<= max_overlap`` against every
   box placed before (stricter than IoU for boxes of different sizes: a small digit can not
   hide inside a large one). Rejection sampling, ``tries`` candidate boxes per digit; a digit
@@ -124,7 +124,8 @@ class LayoutMNIST(torch.utils.data.Dataset):
 
     def __init__(self, root: str | os.PathLike | None = None, split: str = "train", canvas_size: int = 32,
                  min_digits: int = 1, max_digits: int = 3, digit_scale: Sequence[float] = (0.35, 0.6),
-                 scale_spacing: str = "linear", aspect_jitter: float = 0.2, max_overlap: float = 0.3, length: int | None = None, seed: int = 0,
+                 scale_spacing: str = "linear", aspect_jitter: float = 0.2, max_overlap: float = 0.3,
+                 length: int | None = None, seed: int = 0,
                  mask_threshold: float = 0.5, tries: int = 32, restarts: int = 8, download: bool = False):
         if split not in SPLITS:
             raise UserError(f"unknown split '{split}'; choose one of: {', '.join(SPLITS)}")
