@@ -48,6 +48,36 @@ def is_text_model(module: pl.LightningModule) -> bool:
     return getattr(module, "text_encoder", None) is not None
 
 
+def is_mask_model(module: pl.LightningModule) -> bool:
+    """True for layout models that read part masks ``(B, H, W)`` instead of boxes (e.g. a converted ``celeb_mask``)."""
+    return bool(getattr(getattr(module.model, "adaptor", None), "mask", False))
+
+
+def check_conditions(module: pl.LightningModule, layout: Any = None, mask: Any = None, prompt: str | None = None,
+                     negative_prompt: str | None = None) -> None:
+    """One line, before anything is sampled, when the conditions given do not fit ``module``: boxes
+    for a mask model, a mask for a box model, text for a model without a text encoder, or a
+    text-conditioned UNet that has no text encoder (converted without its foundation)."""
+    if is_mask_model(module):
+        if layout is not None and (not isinstance(layout, (list, tuple, torch.Tensor)) or len(layout)):
+            raise UserError(f"this model reads {module.model.adaptor.num_classes}-part masks, not box layouts; "
+                            "give --mask MASK.png (a PNG of part ids; mask= in Python)")
+    elif mask is not None:
+        raise UserError("this model reads box layouts, not masks; give --layout LAYOUT.json (layout= in Python)"
+                        if is_layout_model(module) else "this model reads no mask; sample it without one")
+    if getattr(module.model, "text", False) and not is_text_model(module):
+        from .release.hints import foundation_hint
+
+        release = module.config.get("release") or {}
+        foundation = foundation_hint(release["model_args"]) if "model_args" in release else "the foundation it was trained from"
+        raise UserError(f"this model reads text but holds no text encoder (its UNet was converted without its foundation), so it "
+                        f"cannot sample; fetch {foundation} and convert again: layoutdiffuse convert-release "
+                        f"{release.get('checkpoint', 'CKPT')} --release-config CONFIG --foundation FOLDER --out OUT.safetensors")
+    if (prompt is not None or negative_prompt is not None) and not is_text_model(module):
+        raise UserError("--prompt / --negative-prompt need a model that reads text (a text foundation); this one reads none: "
+                        "leave them out")
+
+
 def as_layout(layout: Any, class_names: list[str]) -> torch.Tensor:
     """A layout given as ``None``, a path, JSON objects or a tensor -> validated ``(N, 5)``
     (a tensor may also be a batch ``(B, N, 5)``, one layout per image)."""
@@ -63,14 +93,16 @@ def as_layout(layout: Any, class_names: list[str]) -> torch.Tensor:
 
 
 def sample_batched(module: pl.LightningModule, n: int, layouts: torch.Tensor | None = None, seed: int = 0,
-                   batch_size: int = 250, progress: bool = False, prompt: str | None = None, **sampling: Any) -> torch.Tensor:
+                   batch_size: int = 250, progress: bool = False, prompt: str | None = None, masks: torch.Tensor | None = None,
+                   **sampling: Any) -> torch.Tensor:
     """``n`` samples ``(n, C, H, W)`` in [-1, 1] on the CPU, drawn ``batch_size`` at a time.
 
     ``layouts``: ``(n, N, 5)`` box layouts (row ``i`` conditions image ``i``) or ``None``
     (unconditional; a class-conditional model draws image ``i`` of class ``i % num_classes``). The batch starting at image ``i`` draws from a generator seeded ``seed + i``,
     so a draw does not depend on what ran before (images inside one batch share its generator, so
     the images after a batch's first one change with the batch size). ``prompt``: the caption of
-    every sample (text foundations). ``sampling``: ``sampler``, ``steps``, ``guidance``,
+    every sample (text foundations). ``masks``: ``(n, H, W)`` part-id masks of a mask model instead of
+    ``layouts``. ``sampling``: ``sampler``, ``steps``, ``guidance``,
     ``negative_prompt``, ... (``None`` = the module's setting).
     """
     if batch_size < 1:
@@ -83,6 +115,8 @@ def sample_batched(module: pl.LightningModule, n: int, layouts: torch.Tensor | N
         size = min(batch_size, n - i)
         g = torch.Generator(device=module.device).manual_seed(seed + i)
         cond = None if layouts is None else {"layout": layouts[i : i + size].to(module.device)}
+        if masks is not None:
+            cond = {"mask": masks[i : i + size].to(module.device)}
         if cond is None and getattr(module.model, "num_classes", None):  # image j of the draw: class j % num_classes
             cond = {"label": class_labels(size, module.model.num_classes, start=i)["label"].to(module.device)}
         if prompt is not None:
@@ -118,6 +152,7 @@ def sample(
     prompt: str | None = None,
     negative_prompt: str | None = None,
     batch_size: int = BATCH_SIZE,
+    mask: Any = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Draw ``n`` images for one layout (default 8), or one image per layout of a batch.
     Returns ``(images (n, C, H, W) in [-1, 1], layouts (n, N, 5) or None)``.
@@ -130,6 +165,8 @@ def sample(
     (:func:`sample_batched`, with its seeding rule), so any ``n`` fits in memory.
     ``prompt`` / ``negative_prompt``: the caption and the unconditional branch's text, for models
     with a text encoder (Stable Diffusion foundations, e.g. a converted release checkpoint).
+    ``mask``: for mask models (e.g. a converted ``celeb_mask``) instead of ``layout``: a PNG of part
+    ids or a tensor ``(H, W)`` / ``(B, H, W)`` (:func:`layoutdiffuse.mask_file.as_mask`); ``None`` = the empty mask.
     """
     for name, value in (("n", n), ("batch_size", batch_size)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1):
@@ -139,12 +176,21 @@ def sample(
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**63:
         raise UserError(f"seed must be an integer in [0, 2**63), got {seed!r}")
     module = ckpt if isinstance(ckpt, pl.LightningModule) else load_model(ckpt)
+    check_conditions(module, layout, mask, prompt, negative_prompt)
     opts = dict(sampler=sampler, steps=steps, seed=seed, progress=progress)
     if prompt is not None or negative_prompt is not None:
-        if getattr(module, "text_encoder", None) is None:
-            raise UserError("--prompt / --negative-prompt need a model with a text encoder (a text foundation; "
-                            "a converted release checkpoint needs --foundation for it)")
         opts.update(prompt=prompt, negative_prompt=negative_prompt)
+    if is_mask_model(module):
+        from .mask_file import as_mask
+
+        size = module.config.get("data", {}).get("image_size", module.image_shape[-1])
+        masks = None if mask is None else as_mask(mask, module.model.adaptor.num_classes, size).to(module.device)
+        if masks is not None and masks.ndim == 2:
+            masks = masks[None].expand(8 if n is None else int(n), -1, -1)
+        elif masks is not None and n is not None and n != len(masks):
+            raise UserError(f"a batch of {len(masks)} masks draws one image per mask: leave n unset or pass n={len(masks)}, got n={n}")
+        count = len(masks) if masks is not None else 8 if n is None else int(n)
+        return sample_batched(module, count, masks=masks, guidance=guidance, batch_size=batch_size, **opts).to(module.device), None
     if not is_layout_model(module):
         if layout is not None and (not isinstance(layout, (list, tuple, torch.Tensor)) or len(layout)):
             raise UserError("this checkpoint is not a layout model; sample it without a layout")
