@@ -78,7 +78,8 @@ def check_editable(module: pl.LightningModule, images: torch.Tensor) -> None:
     expected = tuple(module.image_shape)
     if images.ndim != 4 or tuple(images.shape[1:]) != expected:
         got = "x".join(map(str, images.shape[-3:] if images.ndim >= 3 else images.shape))
-        raise UserError(f"the image is {got} (CxHxW) but the model makes {'x'.join(map(str, expected))} images")
+        raise UserError(f"the image is {got} (CxHxW) but the model makes {'x'.join(map(str, expected))} images; edit a raw sample "
+                        "(sample --save-images DIR writes them at the model's size, each with its layout file), not a grid")
 
 
 @torch.no_grad()

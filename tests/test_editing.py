@@ -174,7 +174,7 @@ def test_edit_user_errors(shipped, canvas):
     image, layout = canvas
     with pytest.raises(UserError, match="nothing to edit: the new layout has the same objects"):
         layoutdiffuse.edit(image, layout, list(reversed(layout)), ckpt=shipped, steps=2)
-    with pytest.raises(UserError, match=r"^the image is 1x28x28 \(CxHxW\) but the model makes 1x32x32 images$"):
+    with pytest.raises(UserError, match=r"^the image is 1x28x28 \(CxHxW\) but the model makes 1x32x32 images; .*sample --save-images"):
         layoutdiffuse.edit(torch.zeros(1, 28, 28), layout, layout[:1], ckpt=shipped, steps=2)
     with pytest.raises(UserError, match="edit takes one image"):
         layoutdiffuse.edit(torch.zeros(2, 1, 32, 32), layout, layout[:1], ckpt=shipped, steps=2)
@@ -199,4 +199,5 @@ def test_cli_edit_round_trip(tmp_path, shipped, canvas, capsys):
     capsys.readouterr()
     assert cli.main([*args[:2], str(tmp_path / "small.png"), *args[3:]]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["error: the image is 1x16x16 (CxHxW) but the model makes 1x32x32 images"]
+    assert len(err) == 1 and err[0].startswith("error: the image is 1x16x16 (CxHxW) but the model makes 1x32x32 images; ")
+    assert "sample --save-images DIR" in err[0]
