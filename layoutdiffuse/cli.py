@@ -62,21 +62,21 @@ def check_folder(path: str, flag: str) -> None:
     check_output(str(p / "x"), flag)
 
 
-def check_seed(seed: int) -> None:
-    if not 0 <= seed < 2**63:
-        raise UserError(f"--seed must be an integer in [0, 2**63), got {seed}")
-
-
-def check_steps(steps: int | None) -> None:
-    if steps is not None and steps < 1:
-        raise UserError(f"--steps must be >= 1, got {steps}")
-
-
 def sampler_names() -> list[str]:
     """The registered samplers (imports the diffusion package, so torch)."""
     from .diffusion import SAMPLERS
 
     return SAMPLERS.names()
+
+
+def check_sampling_args(args: argparse.Namespace) -> None:
+    """``--seed``, ``--steps`` and ``--ckpt`` of a command that samples (no heavy import)."""
+    if not 0 <= args.seed < 2**63:
+        raise UserError(f"--seed must be an integer in [0, 2**63), got {args.seed}")
+    if args.steps is not None and args.steps < 1:
+        raise UserError(f"--steps must be >= 1, got {args.steps}")
+    if args.ckpt is not None:
+        require_file(args.ckpt, "checkpoint")
 
 
 def check_sampling_options(args: argparse.Namespace) -> None:
@@ -145,10 +145,7 @@ def check_sample(args: argparse.Namespace) -> None:
     if not 1 <= args.n <= MAX_GRID:
         raise UserError(f"--n must be in [1, {MAX_GRID}] (samples in one grid image), got {args.n}; "
                         "for more samples call layoutdiffuse.sample, which draws them in batches")
-    check_seed(args.seed)
-    check_steps(args.steps)
-    if args.ckpt is not None:
-        require_file(args.ckpt, "checkpoint")
+    check_sampling_args(args)
     if args.layout is not None and args.mask is not None:
         raise UserError("give --layout (box layouts) or --mask (mask layouts), not both: a model reads one kind")
     if args.layout is not None:
@@ -216,15 +213,12 @@ def add_edit_args(d: argparse.ArgumentParser) -> None:
 def check_edit(args: argparse.Namespace) -> None:
     if not 1 <= args.n <= MAX_GRID:
         raise UserError(f"--n must be in [1, {MAX_GRID}], got {args.n}")
-    check_seed(args.seed)
-    check_steps(args.steps)
+    check_sampling_args(args)
     if args.resample < 0:
         raise UserError(f"--resample must be >= 0, got {args.resample}")
     require_file(args.image, "image")
     require_file(args.layout, "layout file")
     require_file(args.new_layout, "layout file")
-    if args.ckpt is not None:
-        require_file(args.ckpt, "checkpoint")
     check_output(args.out)
     if args.grid is not None:
         check_output(args.grid, "--grid")
@@ -262,9 +256,7 @@ def check_evaluate(args: argparse.Namespace) -> None:
         raise UserError("nothing to evaluate: pass --nll (bits/dim on MNIST-test), --fid (digit-FID of samples vs MNIST-test), "
                         "--digits (share of samples read as digits) and/or --layout (layout accuracy, digit-FID and diversity "
                         "of a Layout-MNIST layout model)")
-    check_seed(args.seed)
-    check_steps(args.steps)
-    require_file(args.ckpt, "checkpoint")
+    check_sampling_args(args)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:

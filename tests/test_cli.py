@@ -164,15 +164,15 @@ def mask_png(tmp_path_factory) -> Path:
 def test_a_mask_model_takes_a_mask_file_and_refuses_boxes(tmp_path, capsys, caplog, mask_png):
     ckpt, hint = convert(caplog, tmp_path, "celeb_mask")
     argv = hinted_command(hint, **{"MASK.png": mask_png})
-    assert cli.main([*argv, "--n", "2", "--steps", "4", "--out", str(tmp_path / "grid.png")]) == 0  # the hint works as printed
+    assert cli.main([*argv, "--n", "1", "--steps", "4", "--out", str(tmp_path / "grid.png")]) == 0  # the hint works as printed
     layout = tmp_path / "boxes.json"
     layout.write_text(json.dumps([{"label": "3", "box": [0.1, 0.1, 0.5, 0.5]}]))
     line = error_of(["sample", "--ckpt", str(ckpt), "--layout", str(layout), "--out", str(tmp_path / "x.png")], capsys)
     assert line == "error: this model reads 19-part masks, not box layouts; give --mask MASK.png (a PNG of part ids; mask= in Python)"
     module = layoutdiffuse.load_model(ckpt)
-    with_mask, _ = layoutdiffuse.sample(mask=str(mask_png), n=2, ckpt=module, steps=4)
-    empty, _ = layoutdiffuse.sample(n=2, ckpt=module, steps=4)
-    all_ignore, _ = layoutdiffuse.sample(mask=torch.full((64, 64), 255), n=2, ckpt=module, steps=4)
+    with_mask, _ = layoutdiffuse.sample(mask=str(mask_png), n=1, ckpt=module, steps=4)
+    empty, _ = layoutdiffuse.sample(n=1, ckpt=module, steps=4)
+    all_ignore, _ = layoutdiffuse.sample(mask=torch.full((64, 64), 255), n=1, ckpt=module, steps=4)
     assert torch.equal(empty, all_ignore)  # the empty mask is all 255
     assert (with_mask - empty).abs().max() > 1e-3
     bad = tmp_path / "bad.png"
@@ -235,17 +235,9 @@ def test_a_missing_foundation_folder_says_how_to_fetch_it(tmp_path, capsys):
 @needs_release
 def test_the_hint_after_converting_a_text_model_with_its_foundation_works(tmp_path, capsys, caplog, monkeypatch):
     pytest.importorskip("diffusers")
-    from layoutdiffuse.release import architecture, read_release_config
-    from layoutdiffuse.sd import testing
+    from tiny_sd import release_sd_folder
 
-    unet = architecture(read_release_config(RELEASE / "sd_layout.json"))["unet"]
-    monkeypatch.setitem(testing.SD_ARCHITECTURES, "release_tiny", {
-        "unet": unet, "max_length": 8,
-        "vae": dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                    block_out_channels=(8, 8, 8, 8), latent_channels=4, norm_num_groups=8, layers_per_block=1, sample_size=64),
-        "text": dict(hidden_size=unet["cross_attention_dim"], intermediate_size=37, num_hidden_layers=1, num_attention_heads=4,
-                     projection_dim=24)})
-    folder = testing.save_sd_folder(tmp_path / "sd", "release_tiny")
+    folder = release_sd_folder(tmp_path / "sd", RELEASE / "sd_layout.json", monkeypatch)
     _, hint = convert(caplog, tmp_path, "sd_layout", "--foundation", str(folder))
     layout = tmp_path / "boxes.json"
     layout.write_text(json.dumps([{"label": "3", "box": [0.1, 0.1, 0.5, 0.5]}]))

@@ -267,21 +267,14 @@ def test_coco_class_ids_are_category_id_minus_one():
 def test_convert_with_a_foundation_folder_then_sample_with_prompts(tmp_path, monkeypatch):
     """A stand-in Stable Diffusion folder whose UNet has the tiny release model's architecture (random
     weights: the release checkpoint replaces all of them); the converted module samples with prompts."""
+    from tiny_sd import release_sd_folder
+
     from layoutdiffuse import sample
     from layoutdiffuse.experiment import load_checkpoint
-    from layoutdiffuse.release import architecture, read_release_config
     from layoutdiffuse.release.export import convert_release
-    from layoutdiffuse.sd import testing
 
     name = "sd_layout"
-    unet = architecture(read_release_config(RELEASE / f"{name}.json"))["unet"]
-    monkeypatch.setitem(testing.SD_ARCHITECTURES, "release_tiny", {
-        "unet": unet, "max_length": 8,
-        "vae": dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                    block_out_channels=(8, 8, 8, 8), latent_channels=4, norm_num_groups=8, layers_per_block=1, sample_size=64),
-        "text": dict(hidden_size=unet["cross_attention_dim"], intermediate_size=37, num_hidden_layers=1, num_attention_heads=4,
-                     projection_dim=24)})
-    folder = testing.save_sd_folder(tmp_path / "sd", "release_tiny")
+    folder = release_sd_folder(tmp_path / "sd", RELEASE / f"{name}.json", monkeypatch)
     out = convert_release(RELEASE / f"{name}.ckpt", RELEASE / f"{name}.json", tmp_path / "c.safetensors", foundation=folder,
                           class_names=[f"c{i}" for i in range(7)])
     module = load_checkpoint(out)

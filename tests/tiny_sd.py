@@ -54,3 +54,20 @@ def masks(b: int, size: int, num_classes: int, seed: int = 2) -> torch.Tensor:
     return m
 
 
+
+
+def release_sd_folder(root: Path, release_config: Path, monkeypatch: Any) -> Path:
+    """A stand-in Stable Diffusion folder whose UNet has the architecture of a tiny release model
+    (``release_config``: its JSON) and random weights (converting the release checkpoint onto it
+    replaces every UNet weight); tiny autoencoder and text encoder."""
+    from layoutdiffuse.release import architecture, read_release_config
+    from layoutdiffuse.sd import testing
+
+    unet = architecture(read_release_config(release_config))["unet"]
+    monkeypatch.setitem(testing.SD_ARCHITECTURES, "release_tiny", {
+        "unet": unet, "max_length": 8,
+        "vae": dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                    block_out_channels=(8, 8, 8, 8), latent_channels=4, norm_num_groups=8, layers_per_block=1, sample_size=64),
+        "text": dict(hidden_size=unet["cross_attention_dim"], intermediate_size=37, num_hidden_layers=1, num_attention_heads=4,
+                     projection_dim=24)})
+    return testing.save_sd_folder(root, "release_tiny")
