@@ -86,11 +86,14 @@ print(code, heavy)
     (["sample", "--n", "0"], "--n must be in [1, 1024]"),
     (["edit", "--image", "missing.png", "--layout", "docs/example_layout.json", "--new-layout", "docs/example_layout.json"],
      "image missing.png does not exist"),
+    (["edit", "--image", "docs/layout_mnist_samples.png", "--layout", "docs/example_layout.json", "--new-layout",
+      "docs/example_layout.json", "--seed", "-1"], "--seed must be an integer in [0, 2**63), got -1"),  # as sample
+    (["sample", "--out", "/dev/null"], "--out /dev/null is not a regular file"),
     (["evaluate", "--ckpt", "missing.ckpt", "--nll"], "checkpoint missing.ckpt does not exist"),
     (["convert-release", "missing.ckpt", "--release-config", "celeb_mask", "--out", "x.safetensors"], "release checkpoint missing.ckpt"),
 ])
 def test_a_missing_file_is_reported_before_torch_or_lightning_is_imported(argv, message, tmp_path):
-    out = [] if argv[0] in ("evaluate", "convert-release") else ["--out", str(tmp_path / "x.png")]
+    out = [] if argv[0] in ("evaluate", "convert-release") or "--out" in argv else ["--out", str(tmp_path / "x.png")]
     run = subprocess.run([sys.executable, "-c", CHECK_IMPORTS, *argv, *out], capture_output=True, text=True, cwd=REPO)
     assert run.stdout.strip() == "2 []", run.stdout + run.stderr
     assert run.stderr.startswith("error: ") and message in run.stderr and len(run.stderr.strip().splitlines()) == 1
