@@ -74,8 +74,8 @@ def check_conditions(module: pl.LightningModule, layout: Any = None, mask: Any =
                         f"cannot sample; fetch {foundation} and convert again: layoutdiffuse convert-release "
                         f"{release.get('checkpoint', 'CKPT')} --release-config CONFIG --foundation FOLDER --out OUT.safetensors")
     if (prompt is not None or negative_prompt is not None) and not is_text_model(module):
-        raise UserError("--prompt / --negative-prompt need a model that reads text (a text foundation); this one reads none: "
-                        "leave them out")
+        raise UserError("--prompt / --negative-prompt need a model with a text encoder (a text foundation); this one reads no "
+                        "text: leave them out")
 
 
 def as_layout(layout: Any, class_names: list[str]) -> torch.Tensor:
