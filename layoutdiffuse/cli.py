@@ -289,9 +289,7 @@ def add_convert_release_args(r: argparse.ArgumentParser) -> None:
 
 def check_convert_release(args: argparse.Namespace) -> None:
     require_file(args.ckpt, "release checkpoint")
-    if not args.release_config.endswith(".json") and not Path(args.release_config).exists():
-        pass  # a published model's name: checked by read_release_config
-    else:
+    if Path(args.release_config).suffix or Path(args.release_config).exists():  # else a published model's name (checked on reading)
         require_file(args.release_config, "release config")
     if Path(args.out).suffix != ".safetensors":
         raise UserError(f"--out must name a .safetensors file, got {args.out}")
