@@ -9,11 +9,12 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
 
-from .errors import MissingFileError
+from .errors import MissingFileError, UserError
 
 QUICK = os.environ.get("LAYOUTDIFFUSE_QUICK") == "1"
 
@@ -61,16 +62,79 @@ def quick_config(config: dict[str, Any], steps: int, samples: int = 256, batch_s
     return config
 
 
+SHOW_DIR_ENV = "LAYOUTDIFFUSE_SHOW_DIR"  # when set, :func:`show` also writes what it drew there (show_NNN.png)
+
+
+def displayable(image: Any) -> Any:
+    """An image tensor ``(C, H, W)`` (C = 1 or 3) or ``(H, W)`` -> a float ``(H, W, 3)`` numpy array in [0, 1].
+
+    uint8 is read as 0..255 (what :func:`layoutdiffuse.visualize.grid` returns), float and bool as
+    [0, 1]. Raises :class:`UserError` for anything a picture cannot show as it is: another dtype or
+    shape, values outside the range (e.g. model samples in [-1, 1]: pass them through ``grid``), or
+    a constant picture (blank or saturated: nothing to see).
+    """
+    import torch
+
+    if not isinstance(image, torch.Tensor):
+        raise UserError(f"show takes an image tensor (C, H, W), got {type(image).__name__}")
+    if image.dim() == 2:
+        image = image[None]
+    if image.dim() != 3 or image.shape[0] not in (1, 3) or min(image.shape[1:]) < 1:
+        raise UserError(f"show takes an image (C, H, W) with C = 1 or 3, got shape {tuple(image.shape)}")
+    if image.dtype == torch.uint8:
+        picture = image.detach().cpu().float() / 255
+    elif image.dtype.is_floating_point or image.dtype == torch.bool:
+        picture = image.detach().cpu().float()
+        if not torch.isfinite(picture).all():
+            raise UserError("show got an image with NaN or infinite values")
+        lo, hi = picture.min().item(), picture.max().item()
+        if lo < 0 or hi > 1:
+            raise UserError(f"show takes float images in [0, 1], got values in [{lo:.3g}, {hi:.3g}]; "
+                            "model samples in [-1, 1] go through layoutdiffuse.visualize.grid first")
+    else:
+        raise UserError(f"show takes uint8 (0..255) or float ([0, 1]) images, got {image.dtype}")
+    lo, hi = picture.min().item(), picture.max().item()
+    if hi - lo < 1 / 255:
+        raise UserError(f"show got a constant picture (every value {lo:.3g}): it would show as one flat colour")
+    return picture.expand(3, -1, -1).permute(1, 2, 0).numpy()
+
+
 def show(image: Any, title: str | None = None, size: float = 6) -> None:
-    """Show an image tensor ``(C, H, W)`` in [0, 1] (e.g. a :func:`layoutdiffuse.visualize.grid`)."""
+    """Show an image tensor ``(C, H, W)``: uint8, or float in [0, 1] (e.g. a
+    :func:`layoutdiffuse.visualize.grid`); see :func:`displayable` for what it refuses.
+
+    With ``$LAYOUTDIFFUSE_SHOW_DIR`` set, the picture as drawn on the figure is also written there
+    as ``show_NNN.png`` (the tests look at every picture of the notebooks' quick run)."""
     import matplotlib.pyplot as plt
 
-    plt.figure(figsize=(size, size))
-    plt.imshow(image.permute(1, 2, 0).clamp(0, 1))
+    picture = displayable(image)
+    fig = plt.figure(figsize=(size, size))
+    plt.imshow(picture, vmin=0, vmax=1, interpolation="nearest")
     plt.axis("off")
     if title:
         plt.title(title)
+    folder = os.environ.get(SHOW_DIR_ENV)
+    if folder:
+        record_axes(fig, Path(folder))
     plt.show()
+
+
+def record_axes(fig: Any, folder: Path) -> Path:
+    """Render ``fig`` and write the pixels inside its (first) axes as ``folder/show_NNN.png`` (the next free number)."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=fig.dpi)
+    rendered = Image.open(buffer)
+    x0, y0, x1, y1 = fig.axes[0].get_window_extent().extents  # display pixels, origin at the bottom left
+    height = rendered.size[1]
+    crop = rendered.crop((math.ceil(x0), math.ceil(height - y1), math.floor(x1), math.floor(height - y0))).convert("RGB")
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"show_{len(list(folder.glob('show_*.png'))):03d}.png"
+    crop.save(path)
+    return path
 
 
 def metric_curve(experiment_dir: str | os.PathLike, key: str) -> tuple[list[int], list[float]]:

@@ -10,9 +10,14 @@ On the canvas: drag on an empty spot to add a box (of the class chosen in ``clas
 to move it, drag one of its corners to resize it, click it to select it (then ``class`` re-labels
 it and **Delete box** removes it). The sliders under the canvas are the precise editor of the same
 boxes; both stay in sync. **Sample** draws ``count`` images for the layout; once sampled, the
-canvas shows sample ``edit #`` under the boxes, and **Edit** re-generates that sample for the
-current layout, changing only the boxes that were moved, resized, re-labelled, added or removed
+canvas shows sample ``edit #`` under the boxes until the layout changes (then the canvas is
+cleared; the grid below keeps the samples), and **Edit** re-generates that sample for the current
+layout, changing only the boxes that were moved, resized, re-labelled, added or removed
 (:func:`layoutdiffuse.editing.edit_images`). **Save** writes the layout file and the grid.
+
+The layout itself -- objects, selection, gestures, clamping -- lives in a widget-free
+:class:`~layoutdiffuse.layout_draft.LayoutDraft` (``ui.draft``); this module is its view: it copies
+every change of the draft into the sliders and the canvas, and every slider move into the draft.
 
 Every button and mouse gesture runs a method, so the same UI can be driven from code (and tested)::
 
@@ -30,7 +35,7 @@ sampler that rejects the step count, a folder that cannot be written) are shown 
 one line, never as a traceback; the full traceback goes to this module's logger at DEBUG level.
 
 Models with a text encoder get a prompt and a negative-prompt box; the others take boxes only.
-Needs ``ipywidgets>=8`` and ``ipycanvas`` (the ``notebooks`` extra).
+``LayoutSampler(module, device=..., dtype=...)`` passes both on to sampling. Needs ``ipywidgets>=8`` and ``ipycanvas`` (the ``notebooks`` extra).
 """
 from __future__ import annotations
 
@@ -48,23 +53,24 @@ import torch
 from ipycanvas import Canvas, hold_canvas
 from torchvision.io import encode_png
 
-from .box_drag import Drag, start_drag
 from .diffusion import SAMPLERS
 from .editing import edit_images
 from .errors import UserError
 from .layout import LayoutError, pad_layouts
-from .layout_file import parse_layout, save_layout
+from .layout_draft import DEFAULT_BOX, MIN_SIZE, SIDES, LayoutDraft, clamp_box
+from .layout_file import save_layout
 from .sampling import is_layout_model, is_text_model
 from .sampling import sample as sample_images
 from .visualize import PALETTE, grid, save_grid, to_uint8
 
 log = logging.getLogger(__name__)
 
-MIN_SIZE = 0.02  # smallest box side, so that a box never has zero area
-DEFAULT_BOX = (0.25, 0.25, 0.5, 0.5)
+__all__ = ["LayoutSampler", "ObjectRow", "clamp_box", "MIN_SIZE", "CANVAS_PX", "MIN_DRAG_PX"]
+
 CANVAS_PX = 256  # the drawing canvas, square, in screen pixels
 HANDLE_PX = 7  # a press this close to a corner of a box resizes it
 MIN_DRAG_PX = 4  # a drawn box smaller than this either way is not added
+EMPTY_CANVAS = "#262626"
 
 
 def png_bytes(image: torch.Tensor) -> bytes:
@@ -72,23 +78,12 @@ def png_bytes(image: torch.Tensor) -> bytes:
     return encode_png(image.cpu()).numpy().tobytes()
 
 
-def clamp_box(box: Sequence[float]) -> list[float]:
-    """``[x, y, w, h]`` -> the nearest box inside the canvas, keeping the corner (sizes shrink first).
-
-    Positions go to ``[0, 1 - MIN_SIZE]``, sizes to ``[MIN_SIZE, 1 - position]``.
-    """
-    if not (isinstance(box, (list, tuple)) and len(box) == 4 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)):
-        raise LayoutError(f"a box is a list of 4 numbers [x, y, w, h] in [0, 1], got {box!r}")
-    if not all(v == v and abs(v) != float("inf") for v in box):
-        raise LayoutError(f"a box must be finite, got {box!r}")
-    x, y = (min(max(float(v), 0.0), 1.0 - MIN_SIZE) for v in box[:2])
-    w, h = (max(float(v), MIN_SIZE) for v in box[2:])
-    return [x, y, min(w, 1.0 - x), min(h, 1.0 - y)]
-
-
 def _slider(name: str, value: float, lo: float, hi: float) -> W.FloatSlider:
+    # a fixed description width and an explicit track width: with only an outer width the track of
+    # ipywidgets 8 collapsed to its knob in JupyterLab (issue 27)
     return W.FloatSlider(value=value, min=lo, max=hi, step=0.001, description=name, readout_format=".2f",
-                         continuous_update=True, style={"description_width": "12px"}, layout=W.Layout(width="170px"))
+                         continuous_update=True, style={"description_width": "14px"},
+                         layout=W.Layout(width="220px", min_width="220px", flex="0 0 auto"))
 
 
 @dataclass
@@ -104,20 +99,23 @@ class ObjectRow:
     box: W.HBox
 
     @classmethod
-    def create(cls, class_names: Sequence[str], label: str, box: Sequence[float]) -> "ObjectRow":
+    def create(cls, class_names: Sequence[str], label: Any, box: Sequence[float]) -> "ObjectRow":
         x, y, w, h = box
-        label_w = W.Dropdown(options=list(class_names), value=label, layout=W.Layout(width="90px"))
+        label_w = W.Dropdown(options=list(class_names), value=label, layout=W.Layout(width="70px", flex="0 0 auto"))
         sliders = [_slider("x", x, 0.0, 1.0 - MIN_SIZE), _slider("y", y, 0.0, 1.0 - MIN_SIZE),
                    _slider("w", w, MIN_SIZE, 1.0), _slider("h", h, MIN_SIZE, 1.0)]
-        remove = W.Button(description="✕", tooltip="remove this object", layout=W.Layout(width="36px"))
-        return cls(label_w, *sliders, remove, W.HBox([label_w, *sliders, remove]))
+        remove = W.Button(icon="times", tooltip="remove this object", layout=W.Layout(width="34px", min_width="34px", padding="0", flex="0 0 auto"))
+        x_, y_, w_, h_ = sliders  # two lines: class x y / remove w h
+        grid_ = W.GridBox([label_w, x_, y_, remove, w_, h_], layout=W.Layout(grid_template_columns="repeat(3, max-content)", grid_gap="2px 8px"))
+        return cls(label_w, *sliders, remove, W.HBox([grid_], layout=W.Layout(border_bottom="1px solid #ddd", padding="2px 0")))
 
-    def to_json(self) -> dict[str, Any]:
-        return {"label": self.label.value, "box": [self.x.value, self.y.value, self.w.value, self.h.value]}
+    def sliders(self) -> list[W.FloatSlider]:
+        return [self.x, self.y, self.w, self.h]
 
 
 class LayoutSampler:
-    """An ipywidgets UI around a layout model: draw a layout, sample, edit, save.
+    """An ipywidgets view of a :class:`~layoutdiffuse.layout_draft.LayoutDraft` around a layout model:
+    draw a layout, sample, edit, save.
 
     Args:
         module: a trained module (``load_model()`` or ``load_checkpoint(...)``); a layout model
@@ -125,19 +123,23 @@ class LayoutSampler:
         folder: default output folder for the save button.
         n: default number of samples.
         max_objects: the most objects the layout may have.
+        device, dtype: passed on to :func:`layoutdiffuse.sampling.sample` (where the model samples,
+            in which precision); ``None`` leaves the model as it is.
 
-    Attributes (the widgets, for layout and for tests): ``widget`` (the whole UI), ``canvas``
-    (ipycanvas, ``CANVAS_PX`` square), ``pen`` (class of new boxes / of the selected box),
-    ``delete_button``, ``selected`` (index or None), ``rows`` (one :class:`ObjectRow` per object),
-    ``add_button``, ``sampler``, ``steps``, ``guidance``, ``seed``, ``count``, ``prompt`` and
-    ``negative_prompt`` (text models only, else None), ``sample_button``, ``pick`` (the sample Edit
-    starts from), ``resample``, ``edit_button``, ``grid_image`` (Image), ``folder``,
-    ``save_button``, ``message`` (HTML).
+    Attributes (the widgets, for layout and for tests): ``widget`` (the whole UI), ``draft`` (the
+    layout, the source of truth), ``canvas`` (ipycanvas, ``CANVAS_PX`` square), ``pen`` (class of
+    new boxes / of the selected box), ``delete_button``, ``selected`` (index or None), ``rows`` (one
+    :class:`ObjectRow` per object), ``add_button``, ``sampler``, ``steps``, ``guidance``, ``seed``,
+    ``count``, ``prompt`` and ``negative_prompt`` (text models only, else None), ``sample_button``,
+    ``pick`` (the sample Edit starts from), ``resample``, ``edit_button``, ``grid_image`` (Image),
+    ``folder``, ``save_button``, ``message`` (HTML).
     After a successful sample or edit: ``images (n, C, H, W)``, ``layouts (n, N, 5)`` or None,
-    ``grid_png``, ``seconds`` (the time it took).
+    ``grid_png``, ``seconds`` (the time it took). The canvas shows sample ``pick`` under the boxes
+    until the layout changes; then it is cleared (the grid below keeps the samples).
     """
 
-    def __init__(self, module: pl.LightningModule, folder: str | Path = "outputs", n: int = 8, max_objects: int = 8):
+    def __init__(self, module: pl.LightningModule, folder: str | Path = "outputs", n: int = 8, max_objects: int = 8,
+                 device: str | torch.device | None = None, dtype: torch.dtype | None = None):
         self.module = module
         self.conditional = is_layout_model(module)
         self.text = is_text_model(module)
@@ -146,6 +148,7 @@ class LayoutSampler:
         else:
             self.class_names = []
         self.max_objects = max_objects
+        self.device, self.dtype = device, dtype
         self.image_shape = tuple(module.image_shape)
         self.images: torch.Tensor | None = None
         self.layouts: torch.Tensor | None = None
@@ -153,22 +156,22 @@ class LayoutSampler:
         self.seconds: float | None = None
         self.stale = False  # the layout changed since the last sample
         self.rows: list[ObjectRow] = []
-        self.selected: int | None = None
         self.last_message = ""
-        self._clamping = False
+        self._syncing = False  # the view is copying the draft into its widgets
         self._layout_error = False
-        self._drag: Drag | None = None
-        self._draft: list[float] | None = None  # the box being drawn, before it is added
         self._background: np.ndarray | None = None
+        self.draft = LayoutDraft(self.class_names, max_objects, handle=HANDLE_PX / CANVAS_PX, min_drag=MIN_DRAG_PX / CANVAS_PX,
+                                 enabled=self.conditional)
+        self.draft.observe(self._draft_changed)
 
         defaults = getattr(module, "sampling_args", {})
-        self.canvas = Canvas(width=CANVAS_PX, height=CANVAS_PX, layout=W.Layout(width=f"{CANVAS_PX}px", height=f"{CANVAS_PX}px", border="1px solid #ccc"))
+        self.canvas = Canvas(width=CANVAS_PX, height=CANVAS_PX, layout=W.Layout(width=f"{CANVAS_PX}px", height=f"{CANVAS_PX}px"))
         self.canvas.on_mouse_down(lambda u, v: self._guard("drawing", lambda: self.press(u, v)))
         self.canvas.on_mouse_move(lambda u, v: self._guard("drawing", lambda: self.move_to(u, v)))
         self.canvas.on_mouse_up(lambda u, v: self._guard("drawing", lambda: self.release(u, v)))
         self.canvas.on_mouse_out(lambda u, v: self._guard("drawing", lambda: self.release(u, v)))
         self.pen = W.Dropdown(options=self.class_names, value=self.class_names[0] if self.class_names else None, description="class",
-                              disabled=not self.conditional, layout=W.Layout(width="170px"))
+                              disabled=not self.conditional, layout=W.Layout(width="150px"))
         self.pen.observe(lambda _: self._guard("re-label", self._pen_changed), names="value")
         self.delete_button = W.Button(description="Delete box", icon="trash", disabled=True, layout=W.Layout(width="110px"))
         self.delete_button.on_click(lambda _: self._guard("delete", self.delete_selected))
@@ -194,7 +197,7 @@ class LayoutSampler:
         self.save_button = W.Button(description="Save", icon="save", tooltip="write the layout file and the grid into the folder")
         self.message = W.HTML()
 
-        self.add_button.on_click(lambda _: self._guard("add object", lambda: self.add_object(self.pen.value or self._next_label(), DEFAULT_BOX)))
+        self.add_button.on_click(lambda _: self._guard("add object", lambda: self.add_object(self.pen.value or self.draft.next_label(), DEFAULT_BOX)))
         self.sample_button.on_click(lambda _: self.sample())
         self.edit_button.on_click(lambda _: self.edit())
         self.save_button.on_click(lambda _: self.save())
@@ -202,13 +205,20 @@ class LayoutSampler:
         hint = ("drag on the canvas to add a box, drag a box to move it, drag a corner to resize, click to select"
                 if self.conditional else "this model takes no layout")
         text_note = "" if self.text else " · boxes only: this model reads no text prompt"
-        drawing = W.VBox([self.canvas, W.HBox([self.pen, self.delete_button]), W.HTML(f"<small>{html.escape(hint + text_note)}</small>")])
-        editor = W.VBox([W.HTML("<b>Layout</b> (boxes: top-left corner x, y and size w, h, as fractions of the canvas)"), self.objects_box, self.add_button])
-        controls = W.HBox([self.sampler, self.steps, self.guidance, self.seed, self.count])
+        framed = W.Box([self.canvas], layout=W.Layout(border="1px solid #ccc", width="fit-content", flex="0 0 auto"))  # a border
+        # on the canvas itself would squeeze its 256 pixels into 254 on screen
+        drawing = W.VBox([framed, W.HBox([self.pen, self.delete_button]),
+                          W.HTML(f"<small>{html.escape(hint + text_note)}</small>", layout=W.Layout(width=f"{CANVAS_PX + 10}px"))],
+                         layout=W.Layout(flex="0 0 auto"))
+        editor = W.VBox([W.HTML("<b>Layout</b> (boxes: top-left corner x, y and size w, h, as fractions of the canvas)"), self.objects_box, self.add_button],
+                        layout=W.Layout(flex="1 1 auto", min_width="540px"))
+        controls = W.HBox([self.sampler, self.steps, self.guidance, self.seed, self.count], layout=W.Layout(flex_flow="row wrap"))
         prompts = [W.HBox([self.prompt, self.negative_prompt])] if self.text else []
-        actions = W.HBox([self.sample_button, self.pick, self.resample, self.edit_button, self.folder, self.save_button])
-        self.widget = W.VBox([W.HBox([drawing, editor]), controls, *prompts, actions, self.message, self.grid_image])
-        self.canvas.on_client_ready(lambda: self._guard("redraw", self._redraw))
+        actions = W.HBox([self.sample_button, self.pick, self.resample, self.edit_button, self.folder, self.save_button], layout=W.Layout(flex_flow="row wrap"))
+        self.widget = W.VBox([W.HBox([drawing, editor], layout=W.Layout(flex_flow="row wrap", grid_gap="12px")), controls, *prompts, actions,
+                              self.message, self.grid_image])
+        self._page_ready = False  # the page has created the canvas: drawing commands have a target
+        self.canvas.on_client_ready(lambda: self._guard("redraw", self._page_has_canvas))
         self._redraw()
         if not self.conditional:
             self._say("this model takes no layout: Sample draws unconditional images")
@@ -216,41 +226,16 @@ class LayoutSampler:
     # --- the mouse (canvas pixels) ------------------------------------------------------------
     def press(self, px: float, py: float) -> None:
         """Mouse down at canvas pixel ``(px, py)``: select and start moving / resizing a box, or start drawing one."""
-        if not self.conditional:
-            return
-        boxes = [self._box(row) for row in self.rows]
-        self._drag = start_drag(boxes, px / CANVAS_PX, py / CANVAS_PX, HANDLE_PX / CANVAS_PX, self.selected)
-        self._select(self._drag.index)
-        self._draft = [*self._drag.anchor, 0.0, 0.0] if self._drag.kind == "draw" else None
-        self._redraw()
+        self.draft.press(px / CANVAS_PX, py / CANVAS_PX)
 
     def move_to(self, px: float, py: float) -> None:
         """Mouse move: update the dragged box (nothing when no button is down)."""
-        if self._drag is None:
-            return
-        box = self._drag.box(px / CANVAS_PX, py / CANVAS_PX)
-        if self._drag.kind == "draw":
-            self._draft = box
-            self._redraw()
-        else:
-            self._set_box(self._drag.index, box)
+        self.draft.move_to(px / CANVAS_PX, py / CANVAS_PX)
 
     def release(self, px: float, py: float) -> None:
         """Mouse up (or out of the canvas): finish the drag; a drawn box of at least ``MIN_DRAG_PX`` is added."""
-        drag, self._drag = self._drag, None
-        if drag is None:
-            return
-        box = drag.box(px / CANVAS_PX, py / CANVAS_PX)
-        self._draft = None
-        if drag.kind != "draw":
-            self._set_box(drag.index, box)
-            return
-        if min(box[2], box[3]) * CANVAS_PX < MIN_DRAG_PX:
-            self._redraw()
-            if max(box[2], box[3]) > 0:  # a click on an empty spot only deselects
-                self._say(f"a box needs a drag of at least {MIN_DRAG_PX} px each way: nothing added")
-            return
-        self._select(self.add_object(self.pen.value, box))
+        if self.draft.release(px / CANVAS_PX, py / CANVAS_PX, label=self.pen.value or None) == "too small":
+            self._say(f"a box needs a drag of at least {MIN_DRAG_PX} px each way: nothing added")
 
     def drag(self, start: tuple[float, float], end: tuple[float, float], steps: int = 4) -> None:
         """A whole mouse drag from ``start`` to ``end`` (canvas pixels), with ``steps`` moves between."""
@@ -261,77 +246,34 @@ class LayoutSampler:
 
     def delete_selected(self) -> None:
         """Remove the selected box (the Delete button)."""
-        if self.selected is None:
-            raise UserError("no box selected: click a box on the canvas first")
-        self.remove_object(self.selected)
+        self.draft.delete_selected()
 
-    def _select(self, i: int | None) -> None:
-        self.selected = i
-        self.delete_button.disabled = i is None
-        if i is not None and self.pen.value != self.rows[i].label.value:
-            self.pen.value = self.rows[i].label.value  # the pen shows the selected box's class
+    @property
+    def selected(self) -> int | None:
+        """The selected object's index, or None."""
+        return self.draft.selected
 
-    def _pen_changed(self) -> None:
-        if self.selected is not None and self.rows[self.selected].label.value != self.pen.value:
-            self.rows[self.selected].label.value = self.pen.value  # re-label the selected box
-
-    @staticmethod
-    def _box(row: "ObjectRow") -> list[float]:
-        return [row.x.value, row.y.value, row.w.value, row.h.value]
-
-    def _set_box(self, i: int, box: Sequence[float]) -> None:
-        """Set the sliders of object ``i`` at once (the clamper waits), then redraw."""
-        row = self.rows[i]
-        self._clamping = True
-        try:
-            row.x.value, row.y.value, row.w.value, row.h.value = clamp_box(list(box))
-        finally:
-            self._clamping = False
-        self._changed()
-
-    # --- the layout -----------------------------------------------------------------------
+    # --- the layout (all kept by the draft) -------------------------------------------------------
     def add_object(self, label: str | int, box: Sequence[float] = DEFAULT_BOX) -> int:
         """Add an object; ``label`` is a class name or id, ``box`` ``[x, y, w, h]`` (clamped into
         the canvas). Returns its index. Raises :class:`LayoutError` for an unknown label or a bad box."""
-        if not self.conditional:
-            raise LayoutError("this model takes no layout (it is not a LayoutDiffuse model); sample it with an empty layout")
-        if len(self.rows) >= self.max_objects:
-            raise LayoutError(f"at most {self.max_objects} objects (max_objects); remove one first")
-        row = ObjectRow.create(self.class_names, self._label_name(label), clamp_box(box))
-        row.remove.on_click(lambda _: self._guard("remove object", lambda: self.remove_object(self.rows.index(row))))
-        row.label.observe(lambda _: self._changed(), names="value")
-        for pos, size in ((row.x, row.w), (row.y, row.h)):
-            pos.observe(self._clamper(pos, size, moved_is_pos=True), names="value")
-            size.observe(self._clamper(pos, size, moved_is_pos=False), names="value")
-        self.rows.append(row)
-        self._rows_changed()
-        return len(self.rows) - 1
+        return self.draft.add(label, box)
 
     def remove_object(self, i: int) -> None:
         """Remove object ``i`` (negative indices count from the end)."""
-        if not -len(self.rows) <= i < len(self.rows):
-            raise IndexError(f"no object {i}: the layout has {len(self.rows)} object(s)")
-        i = i % len(self.rows)
-        self.rows.pop(i)
-        if self.selected is not None:
-            self._select(None if self.selected == i else self.selected - (self.selected > i))
-        self._rows_changed()
+        self.draft.remove(i)
 
     def clear(self) -> None:
         """Remove every object (the empty layout: unconditional samples)."""
-        self.rows.clear()
-        self._select(None)
-        self._rows_changed()
+        self.draft.clear()
 
     def objects(self) -> list[dict[str, Any]]:
         """The layout as layout-file objects ``[{"label", "box"}]``."""
-        return [row.to_json() for row in self.rows]
+        return self.draft.to_json()
 
     def layout(self) -> torch.Tensor:
         """The validated layout ``(N, 5)`` of rows ``(x, y, w, h, class)``; raises :class:`LayoutError`."""
-        if not self.conditional:
-            return torch.zeros(0, 5)
-        return parse_layout(self.objects(), self.class_names)
+        return self.draft.layout()
 
     # --- sampling and saving (what the buttons run) ----------------------------------------
     def sample(self) -> torch.Tensor | None:
@@ -364,7 +306,8 @@ class LayoutSampler:
         with self._busy():
             start = time.perf_counter()
             images, layouts = sample_images(layout if self.conditional else None, n=n, ckpt=self.module, sampler=name, steps=steps,
-                                            guidance=self.guidance.value if self.conditional else None, seed=self.seed.value, **text)
+                                            guidance=self.guidance.value if self.conditional else None, seed=self.seed.value, **text,
+                                            **self._sampling_options())
             seconds = time.perf_counter() - start
         self._show(images, layouts, seconds)
         empty = " (empty layout: unconditional samples)" if self.conditional and len(layout) == 0 else ""
@@ -415,7 +358,7 @@ class LayoutSampler:
 
     def _show_pick(self) -> None:
         """The canvas background: sample ``pick`` (what Edit starts from), nearest-neighbour upscaled."""
-        if self.images is None:
+        if self.images is None or self.stale:  # a sample of an older layout is not shown under the new boxes
             return
         img = to_uint8(self.images[self.pick.value : self.pick.value + 1])[0]  # (3, H, W)
         up = torch.nn.functional.interpolate(img[None].float(), size=(CANVAS_PX, CANVAS_PX), mode="nearest")[0]
@@ -458,43 +401,56 @@ class LayoutSampler:
         self._say("saved " + ", ".join(map(str, paths)) + note)
 
     # --- internals ----------------------------------------------------------------------
-    def _label_name(self, label: str | int) -> str:
-        if isinstance(label, str) and label in self.class_names:
-            return label
-        if isinstance(label, int) and not isinstance(label, bool) and 0 <= label < len(self.class_names):
-            return self.class_names[label]
-        shown = ", ".join(self.class_names[:20]) + (" ..." if len(self.class_names) > 20 else "")
-        raise LayoutError(f"unknown label {label!r}; use a class name ({shown}) or an id in [0, {len(self.class_names)})")
+    def _sampling_options(self) -> dict[str, Any]:
+        """``device`` / ``dtype`` for :func:`layoutdiffuse.sampling.sample`, only those that were given."""
+        return {k: v for k, v in (("device", self.device), ("dtype", self.dtype)) if v is not None}
 
-    def _next_label(self) -> str:
-        return self.class_names[len(self.rows) % len(self.class_names)]
+    def _draft_changed(self, what: Any) -> None:
+        """Copy a change of the draft into the widgets, then redraw."""
+        self._syncing = True
+        try:
+            if what == "objects":
+                self.rows = [self._make_row(o.label, o.box) for o in self.draft.objects]
+                self.objects_box.children = [row.box for row in self.rows]
+                self.add_button.disabled = not self.conditional or len(self.rows) >= self.max_objects
+            elif isinstance(what, tuple) and what[0] == "box":
+                row, box = self.rows[what[1]], self.draft.objects[what[1]].box
+                for slider, value in zip(row.sliders(), box):
+                    slider.value = value
+            elif isinstance(what, tuple) and what[0] == "label":
+                self.rows[what[1]].label.value = self.draft.objects[what[1]].label
+            if what in ("objects", "selection"):
+                i = self.draft.selected
+                self.delete_button.disabled = i is None
+                if i is not None and self.pen.value != self.draft.objects[i].label:
+                    self.pen.value = self.draft.objects[i].label  # the pen shows the selected box's class
+        finally:
+            self._syncing = False
+        if what not in ("selection", "preview") and self.images is not None and not self.stale:
+            self.stale = True  # the sample no longer shows this layout: clear it from the canvas
+            self._background = None
+        self._redraw()
 
-    def _clamper(self, pos: W.FloatSlider, size: W.FloatSlider, moved_is_pos: bool) -> Callable[[dict], None]:
-        """Keep ``pos + size <= 1``: the slider being moved keeps its value, its partner gives way."""
+    def _make_row(self, label: Any, box: Sequence[float]) -> ObjectRow:
+        row = ObjectRow.create(self.class_names, label, box)
+        row.remove.on_click(lambda _: self._guard("remove object", lambda: self.remove_object(self.rows.index(row))))
+        row.label.observe(lambda change: self._from_row(row, lambda i: self.draft.set_label(i, change["new"])), names="value")
+        for side, slider in zip(SIDES, row.sliders()):
+            slider.observe(lambda change, side=side: self._from_row(row, lambda i: self.draft.set_side(i, side, change["new"])), names="value")
+        return row
 
-        def on_change(_: dict) -> None:
-            if self._clamping:
-                return
-            self._clamping = True
-            try:
-                if pos.value + size.value > 1.0:
-                    if moved_is_pos:
-                        size.value = round(1.0 - pos.value, 6)
-                    else:
-                        pos.value = round(1.0 - size.value, 6)
-            finally:
-                self._clamping = False
-            self._changed()
+    def _from_row(self, row: ObjectRow, action: Callable[[int], None]) -> None:
+        """A widget of ``row`` changed by the user (not by the view's own sync): tell the draft."""
+        if not self._syncing and row in self.rows:
+            self._guard("layout", lambda: action(self.rows.index(row)))
 
-        return on_change
+    def _pen_changed(self) -> None:
+        if self._syncing or self.draft.selected is None:
+            return
+        self.draft.set_label(self.draft.selected, self.pen.value)  # re-label the selected box
 
-    def _rows_changed(self) -> None:
-        self.objects_box.children = [row.box for row in self.rows]
-        self.add_button.disabled = not self.conditional or len(self.rows) >= self.max_objects
-        self._changed()
-
-    def _changed(self) -> None:
-        self.stale = self.images is not None
+    def _page_has_canvas(self) -> None:
+        self._page_ready = True
         self._redraw()
 
     def _redraw(self) -> None:
@@ -509,26 +465,35 @@ class LayoutSampler:
         if self._layout_error:  # the layout is valid again: clear its error
             self._layout_error = False
             self._say("")
-        c = self.canvas
+        if not self._page_ready:
+            # ipycanvas draws through one page-wide queue: a command naming a canvas the page has not
+            # created yet (a cell that draws right after displaying, as in "run all") fails there and
+            # stops that queue for good -- a blank canvas that still takes drags (issue 27). The page
+            # says when it has the canvas (client_ready); until then the draft alone holds the layout.
+            return
+        c, selected = self.canvas, self.draft.selected
+        # name the canvas in every batch: ipycanvas sends "switch canvas" only when its kernel-side
+        # memory of the page's current canvas changes, which a reloaded page or a second view forgets
+        c._canvas_manager._current_canvas = None
         with hold_canvas(c):
             c.clear()
             if self._background is not None:
                 c.put_image_data(self._background, 0, 0)
             else:
-                c.fill_style = "#262626"
+                c.fill_style = EMPTY_CANVAS
                 c.fill_rect(0, 0, CANVAS_PX, CANVAS_PX)
             c.font = "12px sans-serif"
             for i, (x, y, w, h, cls) in enumerate(layout.tolist()):
                 color = PALETTE[int(cls) % len(PALETTE)]
                 c.stroke_style, c.fill_style = color, color
-                c.line_width = 3 if i == self.selected else 1.5
+                c.line_width = 3 if i == selected else 1.5
                 c.stroke_rect(x * CANVAS_PX, y * CANVAS_PX, w * CANVAS_PX, h * CANVAS_PX)
                 c.fill_text(self.class_names[int(cls)], x * CANVAS_PX + 3, y * CANVAS_PX + 13)
-                if i == self.selected:
+                if i == selected:
                     for cx, cy in ((x, y), (x + w, y), (x, y + h), (x + w, y + h)):
                         c.fill_rect(cx * CANVAS_PX - 3, cy * CANVAS_PX - 3, 6, 6)
-            if self._draft is not None:
-                x, y, w, h = self._draft
+            if self.draft.preview is not None:
+                x, y, w, h = self.draft.preview
                 c.stroke_style, c.line_width = "#ffffff", 1
                 c.set_line_dash([4, 3])
                 c.stroke_rect(x * CANVAS_PX, y * CANVAS_PX, w * CANVAS_PX, h * CANVAS_PX)

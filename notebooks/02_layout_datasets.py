@@ -5,7 +5,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -46,7 +46,7 @@ from layoutdiffuse.data import fixtures
 from layoutdiffuse.data.paths import data_root
 from layoutdiffuse.data.registry import DATASETS
 from layoutdiffuse.data.transforms import clipped_area_fraction
-from layoutdiffuse.notebook_helpers import QUICK
+from layoutdiffuse.notebook_helpers import QUICK, show
 from layoutdiffuse.visualize import grid
 
 
@@ -78,17 +78,9 @@ def pick(ds, n, real):
     return torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:n].tolist() if real else list(range(min(n, len(ds))))
 
 
-def show(img, title, size=12):
-    plt.figure(figsize=(size, size))
-    plt.imshow(img.permute(1, 2, 0))
-    plt.axis("off")
-    plt.title(title)
-    plt.show()
-
-
 def show_layouts(ds, real, title):
     batch = ds.collate([ds[i] for i in pick(ds, N_SHOW, real)])
-    show(grid(batch["image"], layouts=batch["layout"], class_names=ds.class_names, nrow=4), title)
+    show(grid(batch["image"], layouts=batch["layout"], class_names=ds.class_names, nrow=4), title, size=12)
     return batch
 
 

@@ -5,7 +5,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -95,7 +95,8 @@ print("classes:", module.class_names, "| default sampling:", module.sampling_arg
 # never leaves the canvas: a drag past the edge is clamped, a drag of a few pixels adds nothing,
 # and when `x + w` would pass 1 on the sliders, the slider you move keeps its value and its
 # partner gives way (the same for `y` and `h`). No objects at all is the empty layout, which draws
-# unconditional samples. Once sampled, the canvas shows sample `edit #` under the boxes. Errors
+# unconditional samples. Once sampled, the canvas shows sample `edit #` under the boxes until the
+# layout changes (the grid below keeps the samples). Errors
 # (for example Edit before Sample, or a folder that is a file) appear as a red line under the
 # buttons, never as a traceback.
 

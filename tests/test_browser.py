@@ -5,7 +5,10 @@ Opens a copy of ``notebooks/04_interactive_sampling.ipynb``, runs it, draws a bo
 mouse drag, picks its class, sets 8 samples at 25 steps, presses Sample (timed until the grid image
 changes), presses Save and checks the saved layout file holds the drawn box within a pixel and the
 saved grid is a PNG of the expected size; then moves the box with the mouse, presses Edit and checks
-the new grid. Screenshots and the timing go to ``$LAYOUTDIFFUSE_BROWSER_ARTIFACTS`` (default: the
+the new grid. It also checks what a person sees, from screenshots: slider tracks drawn at least
+100 px wide with the knob at the value, remove buttons not cut, the canvas cleared when every box
+is removed and nothing of the old sample under a box drawn then, and after re-running all cells
+twice in the live kernel a canvas showing its sample and boxes, not a blank one. Screenshots and the timing go to ``$LAYOUTDIFFUSE_BROWSER_ARTIFACTS`` (default: the
 test's temporary folder).
 
     apt-get install -y chromium chromium-driver     # what .ci/run does when they are missing
@@ -110,7 +113,56 @@ def wait_for(condition, timeout: float, what: str, interval: float = 0.25):
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+EMPTY_CANVAS = (0x26, 0x26, 0x26)  # layoutdiffuse.widgets.EMPTY_CANVAS: no picture under the boxes
+
+
+def pixels(element):
+    """What the browser shows of ``element``: an ``(H, W, 3)`` uint8 array cut from a screenshot."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(element.screenshot_as_png)).convert("RGB"))
+
+
+def canvas_pixels(canvas):
+    """The drawing area of the canvas (its 1 px border cut off): ``(CANVAS_PX, CANVAS_PX, 3)``, canvas pixel coordinates."""
+    shot = pixels(canvas)
+    top, left = (shot.shape[0] - CANVAS_PX) // 2, (shot.shape[1] - CANVAS_PX) // 2
+    return shot[top: top + CANVAS_PX, left: left + CANVAS_PX]
+
+
+def check_sliders_are_drawn(driver) -> list[dict]:
+    """Every x/y/w/h slider of the UI shows a track at least 100 px wide (a visible bar across it in
+    the screenshot) with its knob where its value is; every remove button shows its whole icon."""
+    from selenium.webdriver.common.by import By
+
+    seen = []
+    for slider in driver.find_elements(By.CSS_SELECTOR, ".jp-OutputArea .widget-hslider"):
+        track = slider.find_element(By.CSS_SELECTOR, ".slider-container")
+        handle = slider.find_element(By.CSS_SELECTOR, ".noUi-handle")
+        readout = float(slider.find_element(By.CSS_SELECTOR, ".widget-readout").text)
+        lo, hi = driver.execute_script("const s = arguments[0].querySelector('.noUi-target').noUiSlider;"
+                                       "return s ? [s.options.range.min, s.options.range.max] : [0, 1]", slider)
+        shot = pixels(track).astype(int)
+        band = shot[shot.shape[0] // 2 - 1: shot.shape[0] // 2 + 2]  # the rows through the bar
+        drawn = (abs(band - band[:, :1].mean(0, keepdims=True)) > 8).any(-1).any(0) | (band.max(-1) < 245).any(0)
+        width = track.rect["width"]
+        knob = (handle.rect["x"] + handle.rect["width"] / 2 - track.rect["x"]) / width
+        seen.append({"width": width, "drawn": float(drawn.mean()), "knob": knob, "value": (readout - lo) / (hi - lo)})
+        assert width >= 100 and drawn.mean() > 0.8, f"a slider track is collapsed or not drawn: {seen[-1]}"
+        assert abs(knob - seen[-1]["value"]) < 0.1, f"a slider's knob is not at its value: {seen[-1]}"
+    assert seen, "no slider found"
+    for button in driver.find_elements(By.XPATH, "//button[@title='remove this object']"):
+        fits = driver.execute_script("const b = arguments[0]; return b.scrollWidth <= b.clientWidth && b.clientWidth >= 24", button)
+        assert fits and not button.text.endswith(".."), "a remove button is cut"
+    return seen
+
+
 def test_draw_sample_save_and_edit_in_jupyterlab(lab, driver, tmp_path):
+    import numpy as np
+    from PIL import Image
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -178,6 +230,7 @@ def test_draw_sample_save_and_edit_in_jupyterlab(lab, driver, tmp_path):
     sampled_message = next(t for t in message_lines() if t.startswith("sampled"))
     assert "25 steps" in message(), message()
     driver.save_screenshot(str(artifacts / "browser_sampled.png"))
+    sliders = check_sliders_are_drawn(driver)
 
     button("Save").click()
     wait_for(lambda: (folder / "grid_001.png").exists() and "saved" in message(), 20, "Save to write layout_001.json and grid_001.png")
@@ -211,7 +264,51 @@ def test_draw_sample_save_and_edit_in_jupyterlab(lab, driver, tmp_path):
     assert moved == pytest.approx([drawn[0]["box"][0], drawn[0]["box"][1] + 40 / CANVAS_PX, *drawn[0]["box"][2:]], abs=1.01 / CANVAS_PX)
     assert (folder / "grid_002.png").read_bytes() != png
     assert not any(e.text.strip().startswith("Traceback") for e in driver.find_elements(By.CSS_SELECTOR, ".jp-OutputArea-output"))
+
+    # the layout changes: the sample under the boxes goes (the old picture never stays under new boxes)
+    for left in range(rows_count() - 1, -1, -1):
+        driver.find_element(By.XPATH, "//button[@title='remove this object']").click()
+        wait_for(lambda: rows_count() == left, 10, "a remove button to remove its box")
+    try:
+        wait_for(lambda: (abs(canvas_pixels(canvas).astype(int) - EMPTY_CANVAS) <= 2).all(-1).mean() > 0.99, 10, "the canvas to clear when the boxes are gone")
+    finally:
+        Image.fromarray(pixels(canvas)).save(artifacts / "browser_canvas_cleared.png")
+    new_box = (40, 40, 200, 220)
+    mouse_drag(new_box[:2], new_box[2:])
+    wait_for(lambda: rows_count() == 1, 10, "the new box")
+    driver.save_screenshot(str(artifacts / "browser_layout_changed.png"))
+    inside = canvas_pixels(canvas)[new_box[1] + 6: new_box[3] - 6, new_box[0] + 6: new_box[2] - 6].astype(int)
+    assert (abs(inside - EMPTY_CANVAS) <= 2).all(-1).mean() > 0.99, "the old sample is still drawn under the new box"
+
+    # re-running every cell in the live kernel: the new canvas shows its picture (it stayed blank in 2 of 6 re-runs)
+    reruns = []
+    for k in range(2):
+        old_folder = str(folder)
+        driver.execute_script("window.jupyterapp.commands.execute('notebook:run-all-cells')")
+
+        def rerun_done():
+            try:
+                value = widget("text", "folder").find_element(By.TAG_NAME, "input").get_attribute("value")
+                return value != old_folder and "saved" in message() and value
+            except Exception:  # the old outputs are being replaced
+                return False
+
+        folder = Path(wait_for(rerun_done, STARTUP_S, f"re-run {k + 1} of the notebook"))
+        canvas = driver.find_element(By.CSS_SELECTOR, ".jp-OutputArea canvas")
+        driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", canvas)
+
+        def picture_shown():  # an undrawn canvas is one flat colour (the page's)
+            shot = canvas_pixels(canvas).reshape(-1, 3)
+            commonest = np.unique(shot, axis=0, return_counts=True)[1].max() / len(shot)
+            spread = int(shot.max()) - int(shot.min())
+            return commonest < 0.9 and spread > 100 and {"commonest_colour_share": round(float(commonest), 3), "spread": spread}
+
+        try:
+            reruns.append(wait_for(picture_shown, 15, f"the canvas to show the sample and its boxes after re-run {k + 1}"))
+        finally:
+            Image.fromarray(pixels(canvas)).save(artifacts / f"browser_canvas_rerun{k + 1}.png")
+            driver.save_screenshot(str(artifacts / f"browser_rerun{k + 1}.png"))
     (artifacts / "browser_timing.json").write_text(json.dumps({
         "sample_8_images_25_steps_seconds": round(sample_seconds, 2), "edit_2_versions_25_steps_seconds": round(edit_seconds, 2),
         "kernel_messages": [sampled_message, edited_message], "whole_test_seconds": round(time.monotonic() - started, 1),
-        "kernel_threads": 1}, indent=1) + "\n")
+        "kernel_threads": 1, "sliders": sliders, "reruns": reruns}, indent=1) + "\n")

@@ -327,3 +327,63 @@ def test_sample_rejects_a_prompt_for_a_model_without_text(module):
 
     with pytest.raises(UserError, match="text encoder"):
         sample([], n=1, ckpt=module, prompt="a cat")
+
+
+def test_the_sample_leaves_the_canvas_when_the_layout_changes(ui):
+    """After Sample the canvas shows sample `edit #` under the boxes; any change of the layout clears
+    it (issue 27: deleted boxes left the old sample under newly drawn ones); the grid keeps it."""
+    ui.drag((20, 20), (120, 180))
+    ui.count.value, ui.sampler.value = 2, "ddim"
+    ui.sample()
+    assert ui._background is not None and not ui.stale
+    ui.press(60, 60)  # a click selects: not a change of the layout
+    ui.release(60, 60)
+    assert ui._background is not None
+    ui.delete_selected()
+    assert ui._background is None and ui.stale and ui.grid_png is not None
+    ui.drag((100, 100), (200, 200))
+    ui.pick.value = 1  # picking another sample does not bring an old picture back
+    assert ui._background is None
+    ui.sample()
+    assert ui._background is not None and not ui.stale
+
+
+def test_the_view_follows_the_draft_and_the_draft_follows_the_view(ui):
+    ui.draft.add("5", [0.2, 0.3, 0.4, 0.5])
+    row = ui.rows[0]
+    assert [s.value for s in row.sliders()] == pytest.approx([0.2, 0.3, 0.4, 0.5]) and row.label.value == "5"
+    ui.draft.set_box(0, [0.1, 0.1, 0.2, 0.2])
+    ui.draft.set_label(0, "6")
+    assert [s.value for s in row.sliders()] == pytest.approx([0.1, 0.1, 0.2, 0.2]) and row.label.value == "6"
+    row.h.value = 0.95  # the slider tells the draft; its partner gives way there and here
+    assert ui.draft.objects[0].box == pytest.approx([0.1, 0.05, 0.2, 0.95]) and row.y.value == pytest.approx(0.05)
+
+
+@pytest.mark.parametrize("given", [{}, {"device": "cpu"}, {"dtype": torch.float32}, {"device": "cpu", "dtype": torch.float32}])
+def test_device_and_dtype_are_passed_to_sampling_only_when_given(module, monkeypatch, given):
+    seen = {}
+
+    def fake_sample(layout, **kwargs):
+        seen.update(kwargs)
+        return torch.zeros(kwargs["n"], 1, 32, 32), None
+
+    monkeypatch.setattr("layoutdiffuse.widgets.sample_images", fake_sample)
+    ui = LayoutSampler(module, n=1, **given)
+    ui.sample()
+    assert {k: seen[k] for k in ("device", "dtype") if k in seen} == given
+
+
+def test_the_canvas_is_drawn_only_once_the_page_has_it(ui, monkeypatch):
+    """Drawing commands sent before the page created the canvas broke ipycanvas's page-wide queue
+    (a blank canvas after "run all", issue 27): nothing is sent until client_ready, and each batch
+    then names its canvas."""
+    from ipycanvas.canvas import COMMANDS
+
+    sent = []
+    monkeypatch.setattr(ui.canvas._canvas_manager, "_send_custom", lambda command, buffers=[]: sent.append(command))
+    ui.add_object("7", [0.1, 0.1, 0.4, 0.6])
+    ui.drag((150, 150), (200, 220))
+    assert sent == [] and len(ui.rows) == 2
+    ui.canvas._handle_frontend_event(None, {"event": "client_ready"}, [])  # as the page sends it
+    ui.drag((10, 200), (60, 250))
+    assert len(sent) >= 2 and all(batch[0][0] == COMMANDS["switchCanvas"] for batch in sent)
