@@ -5,7 +5,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -86,7 +86,8 @@ print(f"{null_cells} of {H * W} cells hold the null prompt; {int((cover.sum(0) >
 # %% [markdown]
 # ## 3 · A real feature map entering the block
 # Run the shipped model once on the noised canvas and catch what enters its 16×16 layout-attention
-# block (a forward hook), together with the conditioning the adaptor prepared (`prompt_table`, ...).
+# block (a forward hook), together with the state the adaptor prepared for its blocks in this pass
+# (`AdaptorState`: the layout, the shared prompt table, the region bookkeeping).
 
 # %%
 
@@ -96,7 +97,7 @@ caught = {}
 def catch(mod, args, output):
     if args[0].shape[-1] == H:
         caught.setdefault("x", args[0].detach())
-        caught.setdefault("cond", args[1])
+        caught.setdefault("state", args[1])
         caught.setdefault("block", mod)
 
 
@@ -107,7 +108,7 @@ with torch.no_grad():
     net(x_t, t, {"layout": layout})
 for h in hooks:
     h.remove()
-block, x, cond = caught["block"], caught["x"], caught["cond"]
+block, x, state = caught["block"], caught["x"], caught["state"]
 print(f"block: {block.channels} channels, {block.num_heads} head(s); features {tuple(x.shape)}")
 
 # %% [markdown]
@@ -151,8 +152,8 @@ def readable_layout_attention(block, x, table, objects):
 
 
 with torch.no_grad():
-    fast = block(x, cond)
-    slow = readable_layout_attention(block, x, cond["prompt_table"], layout[0])
+    fast = block(x, state)
+    slow = readable_layout_attention(block, x, state.prompt_table, layout[0])
 print(f"largest difference, vectorised vs readable: {(fast - slow).abs().max().item():.2e} "
       f"(output scale {fast.abs().max().item():.2f})")
 assert torch.allclose(fast, slow, atol=1e-4, rtol=1e-4)

@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from layoutdiffuse.conditions import check_condition
 from layoutdiffuse.layout import LayoutError, pad_layouts
 from layoutdiffuse.nn import adaptor as adaptor_mod
 from layoutdiffuse.nn.adaptor import (LayoutAttention, box_prompt_map, mask_prompt_map, rasterize_boxes,
@@ -269,9 +270,11 @@ def test_class_out_of_range_is_a_clear_error():
         box_prompt_map(layout, table, 4, 4)
     with pytest.raises(LayoutError, match="outside"):
         mask_prompt_map(torch.full((1, 4, 4), 7), table, 4, 4)
-    block, table = make_block()
-    with pytest.raises(LayoutError, match="outside"):
-        block(torch.randn(1, 16, 4, 4), {"layout": layout, "prompt_table": table})
+    # a block trusts its input; the boundary check (collate, the sampling / training model functions) refuses it
+    with pytest.raises(LayoutError, match=rf"image 0, object 0: field 'class' must be an integer class in \[0, {NUM_CLASSES}\)"):
+        check_condition({"layout": layout}, classes={"layout": NUM_CLASSES})
+    with pytest.raises(LayoutError, match=rf"mask layout has class ids \[7\]; allowed: class ids in \[0, 5\)"):
+        check_condition({"mask": torch.full((1, 4, 4), 7)}, classes={"mask": 5})
 
 
 def test_block_without_table_says_where_it_comes_from():
