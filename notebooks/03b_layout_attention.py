@@ -22,20 +22,20 @@
 #    and every other cell the null embedding;
 # 3. **layout attention**: self-attention over all cells with the null prompt (background branch),
 #    self-attention *inside each box* with the instance prompts (instance branch), fused per cell;
-# 4. the same function written the readable way -- a loop over objects -- beside the package's
-#    vectorised block, and their outputs compared.
+# 4. the same function written the readable way -- a loop over objects, the package's reference
+#    `layoutdiffuse.nn.reference` -- beside the vectorised block, and their outputs compared.
 #
 # Runs in seconds on a CPU; `LAYOUTDIFFUSE_QUICK=1` changes nothing here.
 
 # %%
-import math
+import inspect
 
 import matplotlib.pyplot as plt
 import torch
-import torch.nn.functional as F
 
 from layoutdiffuse.data.registry import DATASETS
-from layoutdiffuse.nn.adaptor import LayoutAttention, box_prompt_map, rasterize_boxes
+from layoutdiffuse.nn import reference
+from layoutdiffuse.nn.adaptor import box_prompt_map, rasterize_boxes
 from layoutdiffuse.notebook_helpers import show
 from layoutdiffuse.sampling import load_model
 from layoutdiffuse.visualize import grid
@@ -116,44 +116,18 @@ print(f"block: {block.channels} channels, {block.num_heads} head(s); features {t
 # Per object, per head: attention among the object's own cells with the instance prompts added,
 # the background attention over all cells with the null prompt, then the per-cell fusion. This is
 # what the block computes; the package does it with one batched attention call over every
-# (batch item, head, object) group instead of these loops.
+# (batch item, head, object) group instead of these loops. The loop is the package's readable
+# reference (`layoutdiffuse/nn/reference.py`, which the tests and the benchmark check the block
+# against); its source:
 
 # %%
-def attend(q, k, v):
-    """(n, c), (m, c), (m, c) -> (n, c): softmax(q kᵀ / √c) v."""
-    return torch.softmax(q @ k.T / math.sqrt(q.shape[-1]), dim=-1) @ v
+print(inspect.getsource(reference.naive_branch))
+print(inspect.getsource(reference.naive_layout_attention))
 
-
-def readable_layout_attention(block, x, table, objects):
-    """x: (1, C, h, w), objects: (N, 5) -> the block's output (1, C, h, w)."""
-    _, c, h, w = x.shape
-    heads, ch = block.num_heads, c // block.num_heads
-    qkv = block.qkv(block.norm(x).reshape(1, c, h * w))[0]                  # (3C, L)
-    project = lambda prompt_map: block.prompt_qkv(prompt_map.flatten(1).T).T  # (D, L) -> (3C, L)
-    null_map = table[-1][:, None, None].expand(-1, h, w)
-    with_null = qkv + project(null_map)                                       # background branch inputs
-    with_instances = qkv + project(box_prompt_map(objects[None], table, h, w)[0])
-
-    def branch(tokens, cells):
-        out = []
-        for head in range(heads):
-            part = lambda j: tokens[j * c + head * ch: j * c + (head + 1) * ch][:, cells].T  # q, k or v of this head
-            out.append(attend(part(0), part(1), part(2)).T)
-        return torch.cat(out)                                                 # (C, len(cells))
-
-    a_bg = branch(with_null, torch.arange(h * w))
-    total, count = torch.zeros(c, h * w), torch.zeros(h * w)
-    for cells_2d in rasterize_boxes(objects[None], h, w)[0]:
-        cells = cells_2d.flatten().nonzero()[:, 0]
-        total[:, cells] += branch(with_instances, cells)
-        count[cells] += 1
-    a = torch.where(count > 0, total / count.clamp(min=1), a_bg)
-    return x + block.proj_out(a[None]).reshape(1, c, h, w)
-
-
+# %%
 with torch.no_grad():
     fast = block(x, state)
-    slow = readable_layout_attention(block, x, state.prompt_table, layout[0])
+    slow = reference.naive_layout_attention(block, x, state.prompt_table, layout=layout)
 print(f"largest difference, vectorised vs readable: {(fast - slow).abs().max().item():.2e} "
       f"(output scale {fast.abs().max().item():.2f})")
 assert torch.allclose(fast, slow, atol=1e-4, rtol=1e-4)
