@@ -75,6 +75,10 @@ def test_a_registered_kind_goes_through_guidance_dropout_and_batching(box_text):
     samples = [{"image": torch.zeros(1, 2, 2), "layout": layout[i, : 2 - i], "box_text": cond["box_text"][i]} for i in range(2)]
     batch = collate(samples)
     assert batch["box_text"] == cond["box_text"] and torch.equal(batch["layout"], layout) and batch["image"].shape == (2, 1, 2, 2)
+    from layoutdiffuse.training.ddpm import DDPMTraining
+
+    inputs = DDPMTraining.process_batch(None, batch)  # a training step's view of the batch (self is not used there)
+    assert set(inputs["cond"]) == {"layout", "box_text"} and inputs["x0"] is batch["image"]
 
     with pytest.raises(UserError, match=r"cond\['box_text'\] must be 2 lists"):
         check_condition({"layout": layout, "box_text": [["a"]]})

@@ -115,8 +115,6 @@ def box_prompt_map(layout: torch.Tensor, table: torch.Tensor, h: int, w: int) ->
     return torch.where(count > 0, mean, table[-1]).transpose(1, 2).reshape(b, -1, h, w)
 
 
-
-
 def subsample_mask(mask: torch.Tensor, h: int, w: int, pick: str = "top_left") -> torch.Tensor:
     """Strided pick of ``mask: (B, H, W)`` at ``(h, w)`` -> ``(B, h, w)``.
 
