@@ -58,7 +58,7 @@ from layoutdiffuse.layout import empty_layout, pad_layouts  # noqa: E402
 from layoutdiffuse.malloc import retain_freed_memory  # noqa: E402
 from layoutdiffuse.nn import adaptor  # noqa: E402
 from layoutdiffuse.nn.adaptor import LayoutAttention, rasterize_boxes  # noqa: E402
-from test_layout_attention import naive_layout_attention  # noqa: E402
+from layoutdiffuse.nn.reference import naive_layout_attention  # noqa: E402
 
 B, N, C, CLASSES, EMBED = 16, 8, 128, 180, 128
 

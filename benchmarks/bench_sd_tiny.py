@@ -35,7 +35,8 @@ sys.path.insert(0, str(ROOT))
 
 import pytorch_lightning as pl  # noqa: E402
 
-from layoutdiffuse.layout import collate, pad_layouts  # noqa: E402
+from layoutdiffuse.conditions import collate  # noqa: E402
+from layoutdiffuse.layout import pad_layouts  # noqa: E402
 from layoutdiffuse.autoencoder import Autoencoder  # noqa: E402
 from layoutdiffuse.sd.layout_unet import LayoutDiffusersUNet  # noqa: E402
 from layoutdiffuse.sd.testing import SD_ARCHITECTURES, SD_SCHEDULER, build_sd  # noqa: E402

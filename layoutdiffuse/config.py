@@ -125,12 +125,32 @@ def check_diffusion_values(diffusion: dict[str, Any]) -> None:
             raise ConfigError(f"config key 'diffusion.sampling.guidance': {err}") from None
 
 
+def check_adapt(adapt: Any) -> None:
+    """The ``adapt`` section: a foundation checkpoint of this project (``foundation_ckpt``) or a
+    diffusers foundation (``foundation``, ``path``, ...), and its ``layout`` adaptor options
+    (:class:`~layoutdiffuse.nn.options.LayoutAdaptorOptions` / ``DiffusersLayoutOptions``). Imports
+    no torch and no model: the schemas are plain data."""
+    from .nn.options import DiffusersLayoutOptions, LayoutAdaptorOptions
+    from .sd.spec import FOUNDATION_KEYS, FOUNDATION_REQUIRED, FOUNDATIONS
+
+    diffusers = isinstance(adapt, dict) and "foundation" in adapt
+    required = FOUNDATION_REQUIRED if diffusers else ("foundation_ckpt", "layout")
+    check_keys(adapt, FOUNDATION_KEYS if diffusers else {"foundation_ckpt": "", "layout": {}}, "adapt")
+    for key in required:
+        if key not in adapt:
+            raise ConfigError(f"config is missing 'adapt.{key}'")
+    if diffusers and adapt["foundation"] not in FOUNDATIONS:
+        raise ConfigError(f"config key 'adapt.foundation': unknown foundation '{adapt['foundation']}'; choose one of: {', '.join(FOUNDATIONS)}")
+    (DiffusersLayoutOptions if diffusers else LayoutAdaptorOptions).parse(adapt["layout"], "adapt.layout")
+
+
 def validate(config: dict[str, Any]) -> None:
     """Check every section of ``config``; raise :class:`ConfigError` naming the first bad key."""
     import pytorch_lightning as pl
 
     from .data.registry import DATASETS
     from .nn import ATTN_BLOCKS, RES_BLOCKS, UNet
+    from .nn.options import LayoutAdaptorOptions
     from .nn.unet import check_arguments
     from .training.callbacks import CALLBACK_KEYS
     from .training.registry import TRAININGS
@@ -154,6 +174,8 @@ def validate(config: dict[str, Any]) -> None:
     if "denoising_model" in config:
         model = config["denoising_model"]
         check_keys(model, signature_defaults(UNet), "denoising_model")
+        if model.get("layout") is not None:
+            LayoutAdaptorOptions.parse(model["layout"], "denoising_model.layout")
         check_name(RES_BLOCKS, model.get("res_block_type", "scale_shift"), "denoising_model.res_block_type")
         check_name(ATTN_BLOCKS, model.get("attn_block_type", "self"), "denoising_model.attn_block_type")
         try:
@@ -162,24 +184,8 @@ def validate(config: dict[str, Any]) -> None:
             raise ConfigError(f"config section 'denoising_model': {err}") from None
     elif "init_ckpt" in config:
         check_type(config["init_ckpt"], "", "init_ckpt")
-    elif isinstance(config["adapt"], dict) and "foundation" in config["adapt"]:  # a diffusers foundation (layoutdiffuse.sd)
-        from .sd.spec import FOUNDATION_KEYS, FOUNDATION_REQUIRED, FOUNDATIONS, LAYOUT_KEYS
-
-        check_keys(config["adapt"], FOUNDATION_KEYS, "adapt")
-        for key in FOUNDATION_REQUIRED:
-            if key not in config["adapt"]:
-                raise ConfigError(f"config is missing 'adapt.{key}'")
-        if config["adapt"]["foundation"] not in FOUNDATIONS:
-            raise ConfigError(f"config key 'adapt.foundation': unknown foundation '{config['adapt']['foundation']}'; "
-                              f"choose one of: {', '.join(FOUNDATIONS)}")
-        check_keys(config["adapt"]["layout"], LAYOUT_KEYS, "adapt.layout")
-        if "num_classes" not in config["adapt"]["layout"]:
-            raise ConfigError("config is missing 'adapt.layout.num_classes'")
     else:
-        check_keys(config["adapt"], {"foundation_ckpt": "", "layout": {}}, "adapt")
-        for key in ("foundation_ckpt", "layout"):
-            if key not in config["adapt"]:
-                raise ConfigError(f"config is missing 'adapt.{key}'")
+        check_adapt(config["adapt"])
 
     diffusion = config["diffusion"]
     training = check_name(TRAININGS, diffusion.get("training", "DDPMTraining"), "diffusion.training")

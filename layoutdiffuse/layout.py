@@ -13,14 +13,15 @@ One sample of any layout dataset is a dict::
     {"image": (3|1, H, W) in [-1, 1], "layout": (N, 5), optional "mask": (H, W) long,
      optional "caption": str}
 
-and :func:`collate` turns a list of them into a batch with a padded ``layout``.
+and :func:`layoutdiffuse.conditions.collate` turns a list of them into a batch with a padded ``layout``.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+import math
+from typing import Sequence
 
 import torch
-from torch.utils.data import default_collate
+
 from .errors import UserError
 
 PAD = -1
@@ -43,13 +44,13 @@ def validity(layout: torch.Tensor) -> torch.Tensor:
     return layout[..., 4] >= 0
 
 
-def validate_layout(layout: torch.Tensor, num_classes: int, tolerance: float = TOLERANCE) -> torch.Tensor:
+def validate_layout(layout: torch.Tensor, num_classes: int | None, tolerance: float = TOLERANCE) -> torch.Tensor:
     """Check a box layout ``(N, 5)`` or ``(B, N, 5)`` and return it unchanged.
 
     Raises :class:`LayoutError` naming the first bad object and field: wrong shape, NaN/inf,
     non-positive size, a box leaving [0, 1] by more than ``tolerance``, a class outside
-    ``[0, num_classes)`` (padding rows, class -1, are skipped; any other negative class is refused,
-    never read as padding).
+    ``[0, num_classes)`` (``None``: any integer >= 0; padding rows, class -1, are skipped; any other
+    negative class is refused, never read as padding).
     """
     if not isinstance(layout, torch.Tensor):
         raise LayoutError(f"layout must be a tensor of shape (N, 5) or (B, N, 5), got {type(layout).__name__}")
@@ -67,19 +68,21 @@ def validate_layout(layout: torch.Tensor, num_classes: int, tolerance: float = T
             row = [round(v, 4) for v in batched[b, n].tolist()]
             raise LayoutError(f"{where}: field '{field}' {what} (row {row})")
 
+    allowed = ">= 0" if num_classes is None else f"in [0, {num_classes})"
     cls = batched[..., 4]
     negative = (cls < 0) & (cls != PAD)
     if negative.any():
         b, n = negative.nonzero()[0].tolist()
         where = f"object {n}" if layout.ndim == 2 else f"image {b}, object {n}"
-        raise LayoutError(f"{where}: field 'class' must be an integer class in [0, {num_classes}), or {PAD} for a padding row; "
+        raise LayoutError(f"{where}: field 'class' must be an integer class {allowed}, or {PAD} for a padding row; "
                           f"got {cls[b, n].item():g} (row {[round(v, 4) for v in batched[b, n].tolist()]})")
     fail(~torch.isfinite(batched), "is NaN or infinite")
     fail(batched[..., 2:4] <= 0, "must be > 0 (box sizes are positive)", first_field=2)
     fail(batched[..., 0:2] < -tolerance, "must be >= 0 (boxes start inside the image)")
     fail(batched[..., 0:2] + batched[..., 2:4] > 1 + tolerance, "leaves the image: x + w and y + h must be <= 1")
     cls = batched[..., 4:5]
-    fail((cls != cls.round()) | (cls >= num_classes), f"must be an integer class in [0, {num_classes})", first_field=4)
+    fail((cls != cls.round()) | (cls >= (math.inf if num_classes is None else num_classes)), f"must be an integer class {allowed}",
+         first_field=4)
     return layout
 
 
@@ -103,11 +106,3 @@ def cat_layouts(layouts: Sequence[torch.Tensor]) -> torch.Tensor:
         padded.append(torch.cat([l, extra], dim=1))
     return torch.cat(padded, dim=0)
 
-
-def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Batch layout samples: ``layout`` padded to ``(B, N, 5)``, captions as a list, the rest stacked."""
-    batch = default_collate([{k: v for k, v in s.items() if k not in ("layout", "caption")} for s in samples])
-    batch["layout"] = pad_layouts([s["layout"] for s in samples])
-    if "caption" in samples[0]:
-        batch["caption"] = [s["caption"] for s in samples]
-    return batch

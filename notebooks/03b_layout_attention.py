@@ -5,7 +5,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -22,20 +22,20 @@
 #    and every other cell the null embedding;
 # 3. **layout attention**: self-attention over all cells with the null prompt (background branch),
 #    self-attention *inside each box* with the instance prompts (instance branch), fused per cell;
-# 4. the same function written the readable way -- a loop over objects -- beside the package's
-#    vectorised block, and their outputs compared.
+# 4. the same function written the readable way -- a loop over objects, the package's reference
+#    `layoutdiffuse.nn.reference` -- beside the vectorised block, and their outputs compared.
 #
 # Runs in seconds on a CPU; `LAYOUTDIFFUSE_QUICK=1` changes nothing here.
 
 # %%
-import math
+import inspect
 
 import matplotlib.pyplot as plt
 import torch
-import torch.nn.functional as F
 
 from layoutdiffuse.data.registry import DATASETS
-from layoutdiffuse.nn.adaptor import LayoutAttention, box_prompt_map, rasterize_boxes
+from layoutdiffuse.nn import reference
+from layoutdiffuse.nn.adaptor import box_prompt_map, rasterize_boxes
 from layoutdiffuse.notebook_helpers import show
 from layoutdiffuse.sampling import load_model
 from layoutdiffuse.visualize import grid
@@ -86,7 +86,8 @@ print(f"{null_cells} of {H * W} cells hold the null prompt; {int((cover.sum(0) >
 # %% [markdown]
 # ## 3 · A real feature map entering the block
 # Run the shipped model once on the noised canvas and catch what enters its 16×16 layout-attention
-# block (a forward hook), together with the conditioning the adaptor prepared (`prompt_table`, ...).
+# block (a forward hook), together with the state the adaptor prepared for its blocks in this pass
+# (`AdaptorState`: the layout, the shared prompt table, the region bookkeeping).
 
 # %%
 
@@ -96,7 +97,7 @@ caught = {}
 def catch(mod, args, output):
     if args[0].shape[-1] == H:
         caught.setdefault("x", args[0].detach())
-        caught.setdefault("cond", args[1])
+        caught.setdefault("state", args[1])
         caught.setdefault("block", mod)
 
 
@@ -107,7 +108,7 @@ with torch.no_grad():
     net(x_t, t, {"layout": layout})
 for h in hooks:
     h.remove()
-block, x, cond = caught["block"], caught["x"], caught["cond"]
+block, x, state = caught["block"], caught["x"], caught["state"]
 print(f"block: {block.channels} channels, {block.num_heads} head(s); features {tuple(x.shape)}")
 
 # %% [markdown]
@@ -115,44 +116,18 @@ print(f"block: {block.channels} channels, {block.num_heads} head(s); features {t
 # Per object, per head: attention among the object's own cells with the instance prompts added,
 # the background attention over all cells with the null prompt, then the per-cell fusion. This is
 # what the block computes; the package does it with one batched attention call over every
-# (batch item, head, object) group instead of these loops.
+# (batch item, head, object) group instead of these loops. The loop is the package's readable
+# reference (`layoutdiffuse/nn/reference.py`, which the tests and the benchmark check the block
+# against); its source:
 
 # %%
-def attend(q, k, v):
-    """(n, c), (m, c), (m, c) -> (n, c): softmax(q kᵀ / √c) v."""
-    return torch.softmax(q @ k.T / math.sqrt(q.shape[-1]), dim=-1) @ v
+print(inspect.getsource(reference.naive_branch))
+print(inspect.getsource(reference.naive_layout_attention))
 
-
-def readable_layout_attention(block, x, table, objects):
-    """x: (1, C, h, w), objects: (N, 5) -> the block's output (1, C, h, w)."""
-    _, c, h, w = x.shape
-    heads, ch = block.num_heads, c // block.num_heads
-    qkv = block.qkv(block.norm(x).reshape(1, c, h * w))[0]                  # (3C, L)
-    project = lambda prompt_map: block.prompt_qkv(prompt_map.flatten(1).T).T  # (D, L) -> (3C, L)
-    null_map = table[-1][:, None, None].expand(-1, h, w)
-    with_null = qkv + project(null_map)                                       # background branch inputs
-    with_instances = qkv + project(box_prompt_map(objects[None], table, h, w)[0])
-
-    def branch(tokens, cells):
-        out = []
-        for head in range(heads):
-            part = lambda j: tokens[j * c + head * ch: j * c + (head + 1) * ch][:, cells].T  # q, k or v of this head
-            out.append(attend(part(0), part(1), part(2)).T)
-        return torch.cat(out)                                                 # (C, len(cells))
-
-    a_bg = branch(with_null, torch.arange(h * w))
-    total, count = torch.zeros(c, h * w), torch.zeros(h * w)
-    for cells_2d in rasterize_boxes(objects[None], h, w)[0]:
-        cells = cells_2d.flatten().nonzero()[:, 0]
-        total[:, cells] += branch(with_instances, cells)
-        count[cells] += 1
-    a = torch.where(count > 0, total / count.clamp(min=1), a_bg)
-    return x + block.proj_out(a[None]).reshape(1, c, h, w)
-
-
+# %%
 with torch.no_grad():
-    fast = block(x, cond)
-    slow = readable_layout_attention(block, x, cond["prompt_table"], layout[0])
+    fast = block(x, state)
+    slow = reference.naive_layout_attention(block, x, state.prompt_table, layout=layout)
 print(f"largest difference, vectorised vs readable: {(fast - slow).abs().max().item():.2e} "
       f"(output scale {fast.abs().max().item():.2f})")
 assert torch.allclose(fast, slow, atol=1e-4, rtol=1e-4)

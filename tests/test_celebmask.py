@@ -15,7 +15,7 @@ from PIL import Image
 from layoutdiffuse.data.fixtures import (CELEBA_MASK_SIZE, expected_celeba_label, write_celebamask, zip_folder)
 from layoutdiffuse.data.celebmask import (CLASSES, NUM_CLASSES, PARTS, CelebAMaskHQ, boxes_from_mask, merge_celebamask,
                                           merge_parts, read_mapping, split_indices)
-from layoutdiffuse.layout import collate
+from layoutdiffuse.conditions import collate
 from layoutdiffuse.data.transforms import BadImageError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,7 +11,7 @@ import torch
 
 from layoutdiffuse.data.fixtures import COCO_CAPTIONS, write_coco, zip_folder
 from layoutdiffuse.data.coco_stuff import CLASS_TO_COCO_ID, CLASSES, COCO_ID_TO_CLASS, NUM_CLASSES, CocoStuff
-from layoutdiffuse.layout import collate
+from layoutdiffuse.conditions import collate
 from layoutdiffuse.data.transforms import BadImageError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -35,7 +35,7 @@ def main(out_dir: Path) -> None:
     import pytorch_lightning as pl
     from torch.utils.data import DataLoader
 
-    from layoutdiffuse.layout import collate
+    from layoutdiffuse.conditions import collate
     from layoutdiffuse.sd.foundation import build_foundation_module
     from test_latent import TinyLayoutCaptions, sd_config
     from tiny_sd import save_sd_folder

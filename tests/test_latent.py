@@ -17,7 +17,7 @@ from tiny_sd import (LDM_VQ, SD_SCHEDULER, box_layouts, masks, randomize, save_s
                      tiny_sd)
 
 from layoutdiffuse.config import ConfigError, validate
-from layoutdiffuse.layout import collate
+from layoutdiffuse.conditions import collate
 from layoutdiffuse.data.registry import DATASETS
 from layoutdiffuse.experiment import load_checkpoint, read_checkpoint, train
 from layoutdiffuse.autoencoder import Autoencoder, LatentCache

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from layoutdiffuse.diffusion import GaussianDiffusion, make_sampler
+from layoutdiffuse.diffusion.samplers import Run
 from layoutdiffuse.diffusion.solvers import logsnr_timesteps
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is fastest (tests/conftest.py)
@@ -291,3 +292,60 @@ def test_bad_step_counts_are_refused_with_the_allowed_range(name, steps):
 
     with pytest.raises(UserError, match=r"steps must be an integer in \[1, 8\]"):
         make_sampler(name, GaussianDiffusion("cosine", num_timesteps=8), steps=steps)
+
+
+# --- the per-step callback and run-local history ------------------------------------------------------
+
+EVERY_SAMPLER = [("ancestral", {}), ("ancestral", {"variance": "fixed_large"}), ("ddim", {}), ("ddim", {"eta": 1.0}),
+                 ("plms", {}), ("plms", {"spacing": "ldm", "warmup": "improved_euler"}), ("dpm++", {}), ("dpm++sde", {})]
+
+
+@pytest.mark.parametrize("name, options", EVERY_SAMPLER)
+def test_the_callback_sees_every_step_once_with_its_x_t_and_x0_prediction(name, options):
+    d = GaussianDiffusion("linear", 100)
+    sampler = make_sampler(name, d, steps=10, **options)
+    eps = gaussian_eps(d)
+    calls = []
+    x = sampler.sample(eps, (3, 1, 2, 2), generator=torch.Generator().manual_seed(0),
+                       callback=lambda step, t, x_t, x0: calls.append((step, t, x_t.clone(), x0.clone())))
+    assert [c[0] for c in calls] == list(range(10))
+    assert [c[1] for c in calls] == sampler.timesteps.flip(0).tolist()  # from the noisy end down, as ints
+    assert all(c[2].shape == c[3].shape == (3, 1, 2, 2) for c in calls)
+    # x0_pred is the model's x0 at (x_t, t), computed independently here
+    for _, t, x_t, x0 in calls:
+        tt = torch.full((3,), t)
+        torch.testing.assert_close(x0, d.predict(eps(x_t, tt), x_t, tt)[0], rtol=1e-5, atol=1e-5)
+    assert not torch.equal(calls[0][2], calls[1][2])
+    if name == "dpm++" or name == "ddim" and not options:  # deterministic samplers end on their last x0 prediction
+        torch.testing.assert_close(x, calls[-1][3])
+
+
+@pytest.mark.parametrize("name, options", [("plms", {}), ("plms", {"spacing": "ldm", "warmup": "improved_euler"}), ("dpm++", {}),
+                                           ("dpm++sde", {})])
+def test_interleaved_runs_of_one_multistep_sampler_equal_separate_runs(name, options):
+    """A second draw nested inside the first (from its callback), and two trajectories stepped in
+    turn, give what each gives alone: the history belongs to the run, not to the sampler."""
+    d = GaussianDiffusion("linear", 100)
+    sampler = make_sampler(name, d, steps=10, **options)
+    eps = gaussian_eps(d)
+    x_a, x_b = torch.randn(2, 1, 3, 3, generator=torch.Generator().manual_seed(1)).chunk(2)
+    alone_a = sampler.sample(eps, x_a.shape, x_T=x_a, generator=torch.Generator().manual_seed(5))
+    alone_b = sampler.sample(eps, x_b.shape, x_T=x_b, generator=torch.Generator().manual_seed(6))
+    assert not torch.allclose(alone_a, alone_b)
+
+    nested = {}
+
+    def draw_b(step, t, x_t, x0):
+        if step == 4:
+            nested["b"] = sampler.sample(eps, x_b.shape, x_T=x_b, generator=torch.Generator().manual_seed(6))
+
+    assert torch.equal(sampler.sample(eps, x_a.shape, x_T=x_a, generator=torch.Generator().manual_seed(5), callback=draw_b), alone_a)
+    assert torch.equal(nested["b"], alone_b)
+
+    runs, xs = [Run(), Run()], [x_a, x_b]
+    gens = [torch.Generator().manual_seed(5), torch.Generator().manual_seed(6)]
+    for i in range(len(sampler.timesteps) - 1, -1, -1):
+        for k in (0, 1):
+            xs[k] = sampler.step(eps, xs[k], i, gens[k], runs[k])
+    assert torch.equal(xs[0], alone_a) and torch.equal(xs[1], alone_b)
+    assert len(runs[0].history) == sampler.keep

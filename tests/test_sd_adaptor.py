@@ -220,7 +220,7 @@ def test_clear_errors(sd_pair):
         model(x, t, {"layout": box_layouts(2, NUM_CLASSES)})
     with pytest.raises(RuntimeError, match="outside LayoutDiffusersUNet.forward"):
         model.unet(x, t, encoder_hidden_states=torch.cat([ctx, ctx[:, :4]], 1))
-    with pytest.raises(ValueError, match="unknown layout adaptor options"):
+    with pytest.raises(ValueError, match="unknown config key 'layout.level'; allowed keys: .*mid_block"):
         LayoutDiffusersUNet(tiny_sd()["unet"], {**SD_LAYOUT, "level": [1]})
     with pytest.raises(ValueError, match="num_classes"):
         LayoutDiffusersUNet(tiny_sd()["unet"], {"levels": [0]})

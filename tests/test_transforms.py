@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from layoutdiffuse.layout import collate
+from layoutdiffuse.conditions import collate
 from layoutdiffuse.data.transforms import (BadImageError, LayoutTransform, SkipBadImages, clipped_area_fraction,
                                            read_image, select_objects)
 

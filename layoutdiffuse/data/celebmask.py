@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..layout import collate
+from ..conditions import collate
 from .paths import data_root
 from .transforms import BadImageError, LayoutTransform, SkipBadImages, read_image, require_file
 from ..errors import UserError

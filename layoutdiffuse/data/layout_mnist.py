@@ -42,7 +42,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..layout import IGNORE, collate
+from ..conditions import collate
+from ..layout import IGNORE
 from .paths import data_root
 from ..errors import UserError
 

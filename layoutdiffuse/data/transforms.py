@@ -34,7 +34,7 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 
-from ..layout import collate
+from ..conditions import collate
 from ..errors import UserError, MissingFileError
 
 log = logging.getLogger(__name__)

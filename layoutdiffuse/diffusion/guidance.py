@@ -1,4 +1,6 @@
-"""Conditioning and classifier-free guidance, folded into a ``model_fn(x_t, t)`` for samplers."""
+"""Conditioning and classifier-free guidance, folded into a ``model_fn(x_t, t)`` for samplers.
+
+What each condition kind's null value, dropout and batching are: :mod:`layoutdiffuse.conditions`."""
 from __future__ import annotations
 
 import math
@@ -7,9 +9,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..conditions import batch_size, cat_conditions, check_condition, drop_condition, model_classes, null_condition
 from ..errors import UserError
-from ..layout import cat_layouts
 from .gaussian import ModelFn
+
+__all__ = ["GUIDANCE_RANGE", "check_guidance", "conditioned", "classifier_free_guidance", "class_labels",
+           "null_condition", "drop_condition"]  # the last two: the condition table's, used with guidance
 
 #: the guidance scales accepted: 0 is the unconditional model, 1 the conditional one, and scales in
 #: use lie between 1 and ~15; far beyond, every sample saturates
@@ -26,35 +31,29 @@ def check_guidance(scale: Any) -> float:
 
 
 def conditioned(model: nn.Module, cond: dict[str, Any] | None) -> ModelFn:
-    """``model_fn(x, t) = model(x, t, cond)``."""
+    """``model_fn(x, t) = model(x, t, cond)``; ``cond`` is checked here, once
+    (:func:`~layoutdiffuse.conditions.check_condition` with the model's ``condition_classes``)."""
+    check_condition(cond, classes=model_classes(model))
     return lambda x, t: model(x, t, cond)
-
-
-def cat_conds(conds: list[dict[str, Any]]) -> dict[str, Any]:
-    """Concatenate condition dicts along the batch: layouts padded to a common N, tensors concatenated."""
-    out: dict[str, Any] = {}
-    for key in conds[0]:
-        values = [c[key] for c in conds]
-        if key == "layout":
-            out[key] = cat_layouts(values)
-        elif isinstance(values[0], torch.Tensor):
-            out[key] = torch.cat(values, dim=0)
-        else:
-            out[key] = [v for vs in values for v in vs]
-    return out
 
 
 def classifier_free_guidance(model: nn.Module, cond: dict[str, Any], null_cond: dict[str, Any], scale: float, pred_channels: int | None = None) -> ModelFn:
     """Guided ``model_fn``: ``out = out_uncond + scale * (out_cond - out_uncond)``.
 
-    Both branches run in one batched forward. The combination is applied to the prediction
-    channels (the first ``pred_channels``, default all); variance channels, if any, come from the
-    conditional branch. Because x0, eps and v are affine in the model output at fixed ``(x_t, t)``,
-    guiding the raw output equals guiding eps. ``scale = 1`` skips the unconditional branch.
+    Both branches run in one batched forward (:func:`~layoutdiffuse.conditions.cat_conditions`). The
+    combination is applied to the prediction channels (the first ``pred_channels``, default all);
+    variance channels, if any, come from the conditional branch. Because x0, eps and v are affine in
+    the model output at fixed ``(x_t, t)``, guiding the raw output equals guiding eps. ``scale = 1``
+    skips the unconditional branch. Both conditions are checked here, once.
     """
     if scale == 1:
         return conditioned(model, cond)
-    both = cat_conds([cond, null_cond])
+    classes = model_classes(model)
+    check_condition(cond, classes=classes)
+    check_condition(null_cond, batch_size(cond) if cond else None, classes)
+    if set(cond) != set(null_cond):
+        raise UserError(f"the condition has keys {sorted(cond)} and the null condition {sorted(null_cond)}; give both the same")
+    both = cat_conditions([cond, null_cond])
 
     def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         out_c, out_u = model(torch.cat([x, x]), torch.cat([t, t]), both).chunk(2)
@@ -63,57 +62,6 @@ def classifier_free_guidance(model: nn.Module, cond: dict[str, Any], null_cond: 
         return torch.cat([guided, out_c[:, k:]], dim=1)
 
     return model_fn
-
-
-def null_condition(cond: dict[str, Any]) -> dict[str, Any]:
-    """The unconditional version of ``cond``: empty layouts, all-ignore masks, empty captions, class -1."""
-    from ..layout import IGNORE
-
-    out: dict[str, Any] = {}
-    for key, value in cond.items():
-        if key == "layout":
-            out[key] = value.new_zeros(value.shape[0], 0, 5)
-        elif key == "mask":
-            out[key] = torch.full_like(value, IGNORE)
-        elif key == "caption":
-            out[key] = [""] * len(value)
-        elif key == "label":
-            out[key] = torch.full_like(value, -1)
-        elif isinstance(value, torch.Tensor):
-            out[key] = torch.zeros_like(value)
-        else:
-            out[key] = value
-    return out
-
-
-def drop_condition(cond: dict[str, Any], p: float, generator: torch.Generator | None = None) -> dict[str, Any]:
-    """Replace each sample's condition by the null condition with probability ``p`` (CFG training).
-
-    A dropped box layout keeps its shape with every row marked padding (class -1); a dropped class
-    label becomes -1 (no class).
-    """
-    from ..layout import IGNORE, PAD
-
-    first = next(v for v in cond.values() if isinstance(v, (torch.Tensor, list)))
-    batch = first.shape[0] if isinstance(first, torch.Tensor) else len(first)
-    device = first.device if isinstance(first, torch.Tensor) else None
-    drop = torch.rand(batch, generator=generator, device=generator.device if generator is not None else device) < p
-    drop = drop.to(device) if device is not None else drop
-    out: dict[str, Any] = {}
-    for key, value in cond.items():
-        if key == "layout":
-            value = value.clone()
-            value[..., 4] = torch.where(drop[:, None], torch.full_like(value[..., 4], PAD), value[..., 4])
-        elif key == "mask":
-            value = torch.where(drop.view(-1, *([1] * (value.ndim - 1))), torch.full_like(value, IGNORE), value)
-        elif key == "caption":
-            value = ["" if d else c for d, c in zip(drop.tolist(), value)]
-        elif key == "label":
-            value = torch.where(drop, torch.full_like(value, -1), value)
-        elif isinstance(value, torch.Tensor):
-            value = value * (~drop).view(-1, *([1] * (value.ndim - 1))).to(value.dtype)
-        out[key] = value
-    return out
 
 
 def class_labels(n: int, num_classes: int, start: int = 0) -> dict[str, torch.Tensor]:

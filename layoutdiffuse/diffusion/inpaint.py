@@ -14,8 +14,8 @@ sampler implementation here.
 after a step ``t_i -> t_{i-1}`` the result is diffused back to ``t_i`` with
 ``q(x_{t_i} | x_{t_{i-1}}) = N(sqrt(abar_i / abar_{i-1}) x, (1 - abar_i / abar_{i-1}) I)`` and the step
 is taken again, which lets the generated region agree with the kept one. It costs ``r + 1`` model
-evaluations per step. Multistep samplers (``plms``, ``dpm++``) restart their history at a repeated
-step (a first-order step there); ``ancestral`` and ``ddim`` are the natural choices with resampling.
+evaluations per step. Multistep samplers (``plms``, ``dpm++``) start a new run (empty history) at a
+repeated step (a first-order step there); ``ancestral`` and ``ddim`` are the natural choices with resampling.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from ..errors import UserError
 from .gaussian import ModelFn, extract
-from .samplers import Sampler
+from .samplers import Run, Sampler
 
 
 def renoise(sampler: Sampler, x: torch.Tensor, i: int, generator: torch.Generator | None) -> torch.Tensor:
@@ -59,10 +59,13 @@ def masked_sample(
         raise UserError(f"resample must be >= 0 (extra passes per step), got {resample}")
     keep = keep.to(device=known.device, dtype=torch.bool)
     x = sampler.init_noise(known.shape, generator, known.device) if x_T is None else x_T
+    run = Run()
     for i in tqdm(range(len(sampler.timesteps) - 1, -1, -1), desc="masked sampling", disable=not progress, leave=False):
         passes = resample + 1 if i > 0 else 1  # the last step lands on x0: nothing to diffuse back from
         for r in range(passes):
             noised = sampler.diffusion.q_sample(known, sampler.t_batch(i, x), sampler.noise_like(known, generator))
-            x_prev = sampler.step(model_fn, torch.where(keep, noised, x), i, generator)
+            if r > 0:  # a repeated step starts a new trajectory
+                run = Run()
+            x_prev = sampler.step(model_fn, torch.where(keep, noised, x), i, generator, run)
             x = renoise(sampler, x_prev, i, generator) if r < passes - 1 else x_prev
     return torch.where(keep, known, x)

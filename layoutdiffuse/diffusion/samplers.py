@@ -1,17 +1,23 @@
 """Samplers behind one small interface, swappable by name.
 
     sampler = make_sampler("ddim", diffusion, steps=50, eta=0.0)
-    images = sampler.sample(model_fn, (16, 1, 32, 32), generator=g, progress=True)
+    images = sampler.sample(model_fn, (16, 1, 32, 32), generator=g, progress=True,
+                            callback=lambda step, t, x_t, x0: ...)  # optional, after every step
 
 ``model_fn(x_t, t) -> raw model output`` with integer timesteps of the *original* chain
 ``t: (B,)`` in ``[0, T)``. Conditioning and classifier-free guidance are folded into
 ``model_fn`` (see :mod:`layoutdiffuse.diffusion.guidance`), so samplers know nothing about
 layouts or datasets.
+
+A sampler object holds only its settings: what one trajectory remembers (the previous predictions
+of a multistep sampler, the last x0 prediction) lives in a :class:`Run` made for that trajectory, so
+one sampler may draw several trajectories at once, interleaved or nested.
 """
 from __future__ import annotations
 
 import numbers
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -21,6 +27,21 @@ from .gaussian import GaussianDiffusion, ModelFn, extract
 from ..errors import UserError
 
 SAMPLERS: Registry[type] = Registry("sampler")
+
+#: ``callback(step, t, x_t, x0_pred)`` after each step: ``step`` counts from 0, ``t`` the (int) timestep
+#: the step started from, ``x_t: (B, C, H, W)`` the sample there, ``x0_pred: (B, C, H, W)`` the model's
+#: x0 prediction at ``t`` (clipped when the sampler clips)
+Callback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
+
+
+@dataclass
+class Run:
+    """The state of one sampling trajectory: ``history`` the last model predictions a multistep
+    sampler keeps (most recent first), ``x0`` the x0 prediction of the last step. :meth:`Sampler.sample`
+    makes one per call; a caller that drives :meth:`Sampler.step` itself makes one per trajectory."""
+
+    history: list[torch.Tensor] = field(default_factory=list)
+    x0: torch.Tensor | None = None
 
 
 def spaced_timesteps(num_timesteps: int, steps: int) -> torch.Tensor:
@@ -64,17 +85,26 @@ class Sampler:
         x_T: torch.Tensor | None = None,
         progress: bool = False,
         device: torch.device | str | None = None,
+        callback: Callback | None = None,
     ) -> torch.Tensor:
-        """Draw ``shape`` samples; returns x0 ``(B, C, H, W)``."""
+        """Draw ``shape`` samples; returns x0 ``(B, C, H, W)``. ``callback``: see :data:`Callback`."""
         device = torch.device(device) if device is not None else self.diffusion.betas.device
         x = self.init_noise(shape, generator, device) if x_T is None else x_T
         steps = list(range(len(self.timesteps) - 1, -1, -1))
-        for i in tqdm(steps, desc=f"{type(self).__name__} ({self.steps} steps)", disable=not progress, leave=False):
-            x = self.step(model_fn, x, i, generator)
+        run = Run()
+        for step, i in enumerate(tqdm(steps, desc=f"{type(self).__name__} ({self.steps} steps)", disable=not progress, leave=False)):
+            x_t, x = x, self.step(model_fn, x, i, generator, run)
+            if callback is not None:
+                callback(step, int(self.timesteps[i]), x_t, run.x0)
         return x
 
-    def step(self, model_fn: ModelFn, x: torch.Tensor, i: int, generator: torch.Generator | None) -> torch.Tensor:
-        """From ``x`` at ``self.timesteps[i]`` to the previous kept timestep (or to x0 when ``i == 0``)."""
+    def step(self, model_fn: ModelFn, x: torch.Tensor, i: int, generator: torch.Generator | None, run: Run | None = None) -> torch.Tensor:
+        """From ``x`` at ``self.timesteps[i]`` to the previous kept timestep (or to x0 when ``i == 0``),
+        as the next step of the trajectory ``run`` (``None``: the first step of a new one)."""
+        return self.take_step(model_fn, x, i, generator, Run() if run is None else run)
+
+    def take_step(self, model_fn: ModelFn, x: torch.Tensor, i: int, generator: torch.Generator | None, run: Run) -> torch.Tensor:
+        """:meth:`step` of each sampler; sets ``run.x0`` (and a multistep sampler's ``run.history``)."""
         raise NotImplementedError
 
     def t_batch(self, i: int, x: torch.Tensor) -> torch.Tensor:
@@ -103,11 +133,12 @@ class AncestralSampler(Sampler):
         self.variance = variance
         self.chain = diffusion if self.steps == diffusion.num_timesteps else diffusion.respaced(self.timesteps)
 
-    def step(self, model_fn: ModelFn, x: torch.Tensor, i: int, generator: torch.Generator | None) -> torch.Tensor:
+    def take_step(self, model_fn: ModelFn, x: torch.Tensor, i: int, generator: torch.Generator | None, run: Run) -> torch.Tensor:
         chain = self.chain.to(x.device)
         j = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)  # index on the respaced chain
         out = model_fn(x, self.t_batch(i, x))
         x0, _ = chain.predict(out, x, j, clip=self.clip)
+        run.x0 = x0
         mean, _, log_var = chain.q_posterior(x0, x, j)
         if self.variance == "learned":
             log_var = chain.learned_log_variance(chain.split(out)[1], j)
@@ -130,10 +161,11 @@ class DDIMSampler(Sampler):
             raise UserError(f"eta must be >= 0, got {eta}")
         self.eta = eta
 
-    def step(self, model_fn: ModelFn, x: torch.Tensor, i: int, generator: torch.Generator | None) -> torch.Tensor:
+    def take_step(self, model_fn: ModelFn, x: torch.Tensor, i: int, generator: torch.Generator | None, run: Run) -> torch.Tensor:
         d = self.diffusion
         t = self.t_batch(i, x)
         x0, eps = d.predict(model_fn(x, t), x, t, clip=self.clip)
+        run.x0 = x0
         if i == 0:
             return x0
         abar = extract(d.alphas_cumprod, t, x.shape)

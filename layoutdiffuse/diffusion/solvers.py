@@ -14,8 +14,8 @@ the evenly spaced grid of the base class; ``dpm++``: even in lambda by default, 
 :func:`logsnr_timesteps`) and finish by returning the x0 prediction at ``t = 0`` (the first-order
 step to ``sigma = 0``). Measured on Gaussian data with the exact noise predictor (tests/test_samplers.py),
 20 steps of either are ~10x closer to the data than 20 DDIM steps.
-A multistep sampler remembers the previous predictions of the current trajectory; a call of
-:meth:`step` that does not continue it (``i`` not one below the last call's) starts a new one.
+The previous predictions of a trajectory live in its :class:`~layoutdiffuse.diffusion.samplers.Run`
+(``run.history``), never on the sampler: interleaved or nested draws do not disturb each other.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import math
 import torch
 
 from .gaussian import GaussianDiffusion, ModelFn
-from .samplers import SAMPLERS, Sampler
+from .samplers import SAMPLERS, Run, Sampler
 from ..errors import UserError
 
 
@@ -54,7 +54,7 @@ ADAMS_BASHFORTH = {1: (1.0,), 2: (3 / 2, -1 / 2), 3: (23 / 12, -16 / 12, 5 / 12)
 
 class MultistepSampler(Sampler):
     """Base of multistep samplers: float64 ``alpha_i = sqrt(abar)``, ``sigma_i = sqrt(1 - abar)``
-    on the kept timesteps, and a history of the last ``keep`` model predictions."""
+    on the kept timesteps; a run keeps the last ``keep`` model predictions (:meth:`remember`)."""
 
     keep = 1
 
@@ -64,22 +64,14 @@ class MultistepSampler(Sampler):
         abar = torch.cumprod(1 - diffusion.betas64, 0)[self.timesteps]
         self.alpha = abar.sqrt().tolist()
         self.sigma = (1 - abar).sqrt().tolist()
-        self._history: list[torch.Tensor] = []  # most recent first
-        self._last_i: int | None = None
 
     def make_timesteps(self) -> torch.Tensor:
         """The increasing kept timesteps ``(steps,)``; default: the base class's uniform grid."""
         return self.timesteps
 
-    def history(self, i: int) -> list[torch.Tensor]:
-        """Predictions of the previous steps of this trajectory (empty when ``i`` starts a new one)."""
-        if self._last_i != i + 1:
-            self._history = []
-        return self._history
-
-    def remember(self, i: int, value: torch.Tensor) -> None:
-        self._history = [value, *self.history(i)][: self.keep]
-        self._last_i = i
+    def remember(self, run: Run, value: torch.Tensor) -> None:
+        """Add ``value`` to the run's history (most recent first), keeping the last ``keep``."""
+        run.history = [value, *run.history][: self.keep]
 
 
 def ldm_timesteps(num_timesteps: int, steps: int) -> torch.Tensor:
@@ -140,13 +132,14 @@ class PLMSSampler(MultistepSampler):
             eps = (x - a * x0) / s
         return a_prev * x0 + s_prev * eps
 
-    def step(self, model_fn: ModelFn, x: torch.Tensor, i: int, generator: torch.Generator | None) -> torch.Tensor:
+    def take_step(self, model_fn: ModelFn, x: torch.Tensor, i: int, generator: torch.Generator | None, run: Run) -> torch.Tensor:
         d = self.diffusion
         t = self.t_batch(i, x)
         x0, eps = d.predict(model_fn(x, t), x, t)
+        run.x0 = x0.clamp(-1, 1) if self.clip else x0
         if i == 0 and self.spacing == "even":
-            return x0.clamp(-1, 1) if self.clip else x0
-        previous = self.history(i)
+            return run.x0
+        previous = run.history
         if not previous and self.warmup == "improved_euler":
             t_prev = self.t_batch(max(i - 1, 0), x)
             x_prev = self._transfer(x, eps, i)
@@ -156,7 +149,7 @@ class PLMSSampler(MultistepSampler):
             coefs = ADAMS_BASHFORTH[min(self.order, len(previous) + 1)]
             eps_prime = sum(c * e for c, e in zip(coefs, [eps, *previous]))
         if self.keep:
-            self.remember(i, eps)
+            self.remember(run, eps)
         return self._transfer(x, eps_prime, i)
 
 
@@ -201,19 +194,20 @@ class DPMSolverPlusPlusSampler(MultistepSampler):
             return self.timesteps
         return logsnr_timesteps(self.diffusion, len(self.timesteps))
 
-    def step(self, model_fn: ModelFn, x: torch.Tensor, i: int, generator: torch.Generator | None) -> torch.Tensor:
+    def take_step(self, model_fn: ModelFn, x: torch.Tensor, i: int, generator: torch.Generator | None, run: Run) -> torch.Tensor:
         t = self.t_batch(i, x)
         x0, _ = self.diffusion.predict(model_fn(x, t), x, t, clip=self.clip)
+        run.x0 = x0
         if i == 0:
             return x0
-        previous = self.history(i)
+        previous = run.history
         h = self.lam[i - 1] - self.lam[i]
         if previous and not (i == 1 and self.lower_order_final):
             r = (self.lam[i] - self.lam[i + 1]) / h
             d = (1 + 1 / (2 * r)) * x0 - 1 / (2 * r) * previous[0]
         else:
             d = x0
-        self.remember(i, x0)
+        self.remember(run, x0)
         g = self.eta * h
         x = (self.sigma[i - 1] / self.sigma[i] * math.exp(-g)) * x - self.alpha[i - 1] * math.expm1(-h - g) * d
         if g > 0:

@@ -1,7 +1,26 @@
-"""Networks: blocks, the UNet, and the LayoutDiffuse adaptor."""
-from .adaptor import LayoutAdaptor, LayoutAttention, TaskPromptAttention, box_prompt_map, mask_prompt_map, rasterize_boxes
-from .blocks import ATTN_BLOCKS, RES_BLOCKS, AttentionBlock, ConditionBlock, EmbedBlock, ResBlock, ScaleShiftResBlock
-from .unet import UNet
+"""Networks: blocks, the UNet, and the LayoutDiffuse adaptor.
 
-__all__ = ["ATTN_BLOCKS", "RES_BLOCKS", "AttentionBlock", "ConditionBlock", "EmbedBlock", "ResBlock", "ScaleShiftResBlock", "UNet",
-           "LayoutAdaptor", "LayoutAttention", "TaskPromptAttention", "box_prompt_map", "mask_prompt_map", "rasterize_boxes"]
+The names load lazily, so :mod:`layoutdiffuse.nn.options` (the adaptor's options, read by config
+validation) imports without torch.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "LayoutAdaptor": "adaptor", "LayoutAttention": "adaptor", "TaskPromptAttention": "adaptor", "box_prompt_map": "adaptor",
+    "mask_prompt_map": "adaptor", "rasterize_boxes": "adaptor",
+    "ATTN_BLOCKS": "blocks", "RES_BLOCKS": "blocks", "AttentionBlock": "blocks", "ConditionBlock": "blocks", "EmbedBlock": "blocks",
+    "ResBlock": "blocks", "ScaleShiftResBlock": "blocks",
+    "UNet": "unet",
+    "LayoutAdaptorOptions": "options", "DiffusersLayoutOptions": "options",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

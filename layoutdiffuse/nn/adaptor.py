@@ -21,29 +21,34 @@ The global branch is only needed where no object lies, so its queries are gather
 uncovered cells alone (keys and values are still all cells); that is the same function at a
 fraction of the cost of full attention when the boxes cover much of the image. The index
 bookkeeping (:class:`Regions`) is computed once per resolution and forward pass and shared by
-every block at that resolution (cached in ``cond`` by :meth:`LayoutAdaptor.prepare`).
+every block at that resolution (in the :class:`~layoutdiffuse.nn.blocks.AdaptorState` that
+:meth:`LayoutAdaptor.prepare` makes; the caller's condition dict is never written to).
+
+The layout is checked once at the boundary (:func:`layoutdiffuse.conditions.check_condition`, which
+the sampling and training model functions and the data loader's collate run), not at every forward
+pass: the blocks trust it (only its batch size is compared, at no cost).
 """
 from __future__ import annotations
 
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layout import IGNORE, LayoutError, empty_layout, validate_layout, validity
-from .blocks import AttentionBlock, Cond, ConditionBlock, EmbedBlock, group_norm, zero_module
+from ..layout import IGNORE, LayoutError, empty_layout, validity
+from .options import MASK_PICKS, LayoutAdaptorOptions
+from .blocks import AdaptorState, AttentionBlock, Cond, ConditionBlock, EmbedBlock, group_norm, zero_module
 from ..errors import UserError
 
 log = logging.getLogger(__name__)
 
-#: cond keys the adaptor's :meth:`LayoutAdaptor.prepare` adds
+#: the cond key of the prompt table of a :class:`LayoutAttention` used on its own (a block inside
+#: an adapted network gets the adaptor's table through :class:`~layoutdiffuse.nn.blocks.AdaptorState`)
 PROMPT_TABLE = "prompt_table"
-TASK_PROMPTS = "task_prompts"
-REGION_CACHE = "_layout_regions"
 
 #: fixed cost of one extra attention call (one bucket) in the units of the bucket cost model
 #: (``groups * queries * keys * channels``), by device type. Tuned on CPU with
@@ -86,15 +91,10 @@ def _check_classes(classes: torch.Tensor, num_classes: int, what: str) -> None:
                           f"(the prompt table has num_classes={num_classes} + 1 null rows)")
 
 
-def _box_classes(layout: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Class ids of ``layout: (B, N, 5)`` as long ``(B, N)``, padding -> 0 (it covers nothing)."""
+def _box_classes(layout: torch.Tensor) -> torch.Tensor:
+    """Class ids of a checked ``layout: (B, N, 5)`` as long ``(B, N)``, padding -> 0 (it covers nothing)."""
     cls = layout[..., 4]
-    valid = validity(layout)
-    fraction = valid & (cls != cls.round())
-    if bool(fraction.any()):
-        raise LayoutError(f"layout class ids must be integers, got {cls[fraction][:10].tolist()}")
-    _check_classes(cls[valid], num_classes, "layout")
-    return torch.where(valid, cls, torch.zeros_like(cls)).long()
+    return torch.where(validity(layout), cls, torch.zeros_like(cls)).long()
 
 
 def box_prompt_map(layout: torch.Tensor, table: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -106,13 +106,13 @@ def box_prompt_map(layout: torch.Tensor, table: torch.Tensor, h: int, w: int) ->
     b = layout.shape[0]
     cover = rasterize_boxes(layout, h, w).reshape(b, layout.shape[1], h * w)
     count = cover.sum(1)[..., None]
-    rows = table[_box_classes(layout, table.shape[0] - 1)]
+    cls = layout[..., 4][validity(layout)]
+    if bool((cls != cls.round()).any()):
+        raise LayoutError(f"layout class ids must be integers, got {cls[cls != cls.round()][:10].tolist()}")
+    _check_classes(cls, table.shape[0] - 1, "layout")
+    rows = table[_box_classes(layout)]
     mean = (cover.transpose(1, 2).to(rows.dtype) @ rows) / count.clamp(min=1).to(rows.dtype)
     return torch.where(count > 0, mean, table[-1]).transpose(1, 2).reshape(b, -1, h, w)
-
-
-#: how a mask layout is subsampled to a level's resolution (:func:`subsample_mask`)
-MASK_PICKS = ("top_left", "centre")
 
 
 def subsample_mask(mask: torch.Tensor, h: int, w: int, pick: str = "top_left") -> torch.Tensor:
@@ -140,11 +140,9 @@ def subsample_mask(mask: torch.Tensor, h: int, w: int, pick: str = "top_left") -
 
 
 def _mask_classes(mask: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """``mask`` with :data:`IGNORE` mapped to the null row ``num_classes`` (long)."""
+    """A checked ``mask`` with :data:`IGNORE` mapped to the null row ``num_classes`` (long)."""
     mask = mask.long()
-    ignore = mask == IGNORE
-    _check_classes(mask[~ignore], num_classes, f"mask layout (ignore value {IGNORE} allowed)")
-    return torch.where(ignore, torch.full_like(mask, num_classes), mask)
+    return torch.where(mask == IGNORE, torch.full_like(mask, num_classes), mask)
 
 
 def mask_prompt_map(mask: torch.Tensor, table: torch.Tensor, h: int, w: int, pick: str = "top_left") -> torch.Tensor:
@@ -154,8 +152,9 @@ def mask_prompt_map(mask: torch.Tensor, table: torch.Tensor, h: int, w: int, pic
     ``(B, D, h, w)``: the mask subsampled to ``(h, w)`` (:func:`subsample_mask` with ``pick``), each cell
     the row of its class, ignore -> the null row.
     """
-    idx = _mask_classes(subsample_mask(mask, h, w, pick), table.shape[0] - 1)
-    return table[idx].permute(0, 3, 1, 2)
+    mask = subsample_mask(mask, h, w, pick).long()
+    _check_classes(mask[mask != IGNORE], table.shape[0] - 1, f"mask layout (ignore value {IGNORE} allowed)")
+    return table[_mask_classes(mask, table.shape[0] - 1)].permute(0, 3, 1, 2)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -322,9 +321,11 @@ class LayoutAttention(ConditionBlock):
     Output ``x + proj_out(a)``, ``proj_out`` zero-initialised: a new block is an exact identity.
     ``cond`` of ``None``, without the layout, or with 0 objects acts as the empty layout.
 
-    The prompt table ``(num_classes + 1, embed_dim)`` (last row null) comes from
-    ``cond["prompt_table"]`` (the adaptor shares one table between blocks); a block built with
-    ``num_classes`` owns a table of its own, used when ``cond`` has none.
+    ``cond``: inside an adapted network the adaptor's :class:`~layoutdiffuse.nn.blocks.AdaptorState`
+    (its prompt table ``(num_classes + 1, embed_dim)``, last row null, shared by every block, and the
+    region bookkeeping shared by the blocks of one resolution). A block used on its own takes a
+    condition dict, its table from ``cond["prompt_table"]`` or, built with ``num_classes``, its own.
+    The layout must be checked before (:func:`layoutdiffuse.conditions.check_condition`).
     Since the 1x1 projection is linear, it is applied to the table rows before averaging
     (``proj(mean(e)) = mean(proj(e))``): the same function, far cheaper than projecting a map.
     """
@@ -349,23 +350,29 @@ class LayoutAttention(ConditionBlock):
     def extra_repr(self) -> str:
         return f"heads={self.num_heads}, mask={self.mask}, region_mask_attention={self.region_mask_attention}"
 
-    def _table(self, cond: Cond) -> torch.Tensor:
-        if cond is not None and PROMPT_TABLE in cond:
-            return cond[PROMPT_TABLE]
-        if self.prompt_table is None:
-            raise KeyError(f"LayoutAttention needs cond['{PROMPT_TABLE}'] (the adaptor's prompt table, added by "
-                           "LayoutAdaptor.prepare), or build the block with num_classes=... to own one")
-        return self.prompt_table.weight
+    def state(self, cond: Cond) -> AdaptorState:
+        """``cond`` as an :class:`~layoutdiffuse.nn.blocks.AdaptorState` (a block used on its own:
+        the dict's layout or mask and ``prompt_table``, else the block's own table)."""
+        if isinstance(cond, AdaptorState):
+            return cond
+        cond = cond or {}
+        if PROMPT_TABLE in cond:
+            table = cond[PROMPT_TABLE]
+        elif self.prompt_table is not None:
+            table = self.prompt_table.weight
+        else:
+            raise KeyError(f"LayoutAttention needs the adaptor's prompt table (inside an adapted UNet) or cond['{PROMPT_TABLE}'], "
+                           "or build the block with num_classes=... to own one")
+        return AdaptorState(table, layout=cond.get("layout"), mask=cond.get("mask"))
 
-    def _regions(self, cond: Cond, num_classes: int, b: int, h: int, w: int, device: torch.device) -> Regions | torch.Tensor:
-        """Box / region-mask modes: :class:`Regions` (cached in ``cond`` per resolution);
+    def _regions(self, state: AdaptorState, num_classes: int, b: int, h: int, w: int, device: torch.device) -> Regions | torch.Tensor:
+        """Box / region-mask modes: :class:`Regions` (shared through ``state.regions`` per resolution);
         global mask mode: the prompt-row index map ``(B, L)``."""
-        cache = cond.get(REGION_CACHE) if cond is not None else None
         key = (self.mask, self.region_mask_attention, self.mask_pick, h, w)
-        if cache is not None and key in cache:
-            return cache[key]
+        if key in state.regions:
+            return state.regions[key]
         if self.mask:
-            mask = cond.get("mask") if cond is not None else None
+            mask = state.mask
             if mask is None:
                 mask = torch.full((b, h, w), IGNORE, dtype=torch.long, device=device)
             _check_batch(mask, b, "mask")
@@ -376,24 +383,24 @@ class LayoutAttention(ConditionBlock):
                 cover = idx[:, None, :] == torch.arange(num_classes, device=device)[None, :, None]
                 out = build_regions(cover, torch.arange(num_classes, device=device).expand(b, -1), self.channels)
         else:
-            layout = cond.get("layout") if cond is not None else None
+            layout = state.layout
             if layout is None:
                 layout = empty_layout(b, device)
             _check_batch(layout, b, "layout")
             layout = layout.to(device)
-            out = build_regions(rasterize_boxes(layout, h, w), _box_classes(layout, num_classes), self.channels)
-        if cache is not None:
-            cache[key] = out
+            out = build_regions(rasterize_boxes(layout, h, w), _box_classes(layout), self.channels)
+        state.regions[key] = out
         return out
 
     def forward(self, x: torch.Tensor, cond: Cond = None) -> torch.Tensor:
         b, c, h, w = x.shape
-        table = self._table(cond)
+        state = self.state(cond)
+        table = state.prompt_table
         ptab = self.prompt_qkv(table)  # (num_classes + 1, 3C): the projection of every prompt row
         # the 1x1 convs run as matmuls on (B, L, C) tokens (same parameters, cheaper on CPU)
         normed = self.norm(x).reshape(b, c, h * w).transpose(1, 2)
         tokens = F.linear(normed, self.qkv.weight[..., 0], self.qkv.bias)  # (B, L, 3C)
-        regions = self._regions(cond, table.shape[0] - 1, b, h, w, x.device)
+        regions = self._regions(state, table.shape[0] - 1, b, h, w, x.device)
         if isinstance(regions, torch.Tensor):  # mask layout, prompt-augmented global attention
             q, k, v = _heads(tokens + F.embedding(regions, ptab), self.num_heads)
             a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, h * w, c)
@@ -512,40 +519,45 @@ class LayoutAdaptor(nn.Module):
         self.prompt_table = nn.Embedding(num_classes + 1, embed_dim)
         self.task_prompts = nn.Parameter(torch.randn(num_task_prompts, embed_dim)) if num_task_prompts else None
 
-    def prepare(self, cond: Cond, batch_size: int) -> dict[str, Any]:
-        """Copy of ``cond`` with the shared tensors added (prompt table, task prompts, a per-forward
-        region cache); an absent layout becomes the empty layout ``(batch_size, 0, 5)``.
-        Box layouts are checked by :func:`~layoutdiffuse.layout.validate_layout` (shape, boxes,
-        class ids in ``[0, num_classes)``)."""
-        cond = dict(cond) if cond else {}
+    @property
+    def condition_classes(self) -> dict[str, int]:
+        """The condition kind this adaptor reads and its number of classes (for the boundary check)."""
+        return {"mask" if self.mask else "layout": self.num_classes}
+
+    def prepare(self, cond: Cond, batch_size: int) -> AdaptorState:
+        """The state of one forward pass for the adaptor's blocks: the layout (or mask) of ``cond``
+        (absent: the empty layout ``(batch_size, 0, 5)``), the prompt table, the task prompts and an
+        empty region cache. ``cond`` is read, never written; it is checked at the boundary
+        (:func:`layoutdiffuse.conditions.check_condition`), here only its batch size (no host sync)."""
+        cond = cond or {}
         device = self.prompt_table.weight.device
-        if not self.mask:
-            if cond.get("layout") is None:
-                cond["layout"] = empty_layout(batch_size, device)
-            layout = cond["layout"]
+        state = AdaptorState(self.prompt_table.weight, task_prompts=self.task_prompts)
+        if self.mask:
+            state.mask = cond.get("mask")
+            if state.mask is not None:
+                _check_batch(state.mask, batch_size, "mask")
+        else:
+            layout = cond.get("layout")
+            if layout is None:
+                layout = empty_layout(batch_size, device)
             if not isinstance(layout, torch.Tensor) or layout.ndim != 3 or layout.shape[0] != batch_size or layout.shape[-1] != 5:
                 raise LayoutError(f"layout must be a tensor of shape ({batch_size}, N, 5) for a batch of {batch_size}, "
                                   f"got {tuple(layout.shape) if isinstance(layout, torch.Tensor) else type(layout).__name__}")
-            validate_layout(layout, self.num_classes)  # class ids must fit the prompt table
-        cond[PROMPT_TABLE] = self.prompt_table.weight
-        if self.task_prompts is not None:
-            cond[TASK_PROMPTS] = self.task_prompts
-        cond[REGION_CACHE] = {}
-        return cond
+            state.layout = layout.to(device)
+        return state
 
     @classmethod
-    def attach(cls, unet: nn.Module, levels: Sequence[int] = (0, 1), num_classes: int | None = None, embed_dim: int = 128,
-               num_heads: int = 1, num_task_prompts: int = 64, mask: bool = False,
-               region_mask_attention: bool = False) -> "LayoutAdaptor":
+    def attach(cls, unet: nn.Module, **options: Any) -> "LayoutAdaptor":
         """Build the adaptor for ``unet`` and insert it (``unet.adaptor``, ``task_prompt`` on every
-        :class:`~layoutdiffuse.nn.blocks.AttentionBlock`).
+        :class:`~layoutdiffuse.nn.blocks.AttentionBlock`); ``options``: :class:`~layoutdiffuse.nn.options.LayoutAdaptorOptions`
+        (its defaults; ``num_classes`` required).
 
         A :class:`LayoutAttention` follows every input/output block holding a ResBlock and the
         middle block, at the levels (downsample exponents) in ``levels``; input_0 (the stem conv)
         and downsample-only blocks get none. Returns the adaptor.
         """
-        if num_classes is None:
-            raise UserError("the layout adaptor needs num_classes (size of the instance prompt table, without the null row)")
+        opts = LayoutAdaptorOptions.parse(options)
+        levels = opts.levels
         n_levels = len(unet.config["channel_mult"])
         bad = [lvl for lvl in levels if not 0 <= lvl < n_levels]
         if bad:
@@ -559,11 +571,12 @@ class LayoutAdaptor(nn.Module):
         if not chosen:
             raise UserError(f"no UNet block at levels {list(levels)} to attach layout attention to")
         param = next(unet.parameters())
-        adaptor = cls(chosen, num_classes, embed_dim, num_heads, num_task_prompts, mask, region_mask_attention)
+        adaptor = cls(chosen, opts.num_classes, opts.embed_dim, opts.num_heads, opts.num_task_prompts, opts.mask,
+                      opts.region_mask_attention, opts.mask_pick)
         unet.adaptor = adaptor.to(device=param.device, dtype=param.dtype)
-        if num_task_prompts:
+        if opts.num_task_prompts:
             for block in [m for m in unet.modules() if isinstance(m, AttentionBlock)]:
-                block.task_prompt = TaskPromptAttention(block.qkv.in_channels, embed_dim, block.num_heads).to(
+                block.task_prompt = TaskPromptAttention(block.qkv.in_channels, opts.embed_dim, block.num_heads).to(
                     device=param.device, dtype=param.dtype)
         if param.device.type != "meta":  # a shape-only probe (checking a checkpoint's tensors) is not a model being built
             log.info("layout adaptor: %d layout-attention blocks (%s), %d adaptor parameters",

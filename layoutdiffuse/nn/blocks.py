@@ -4,7 +4,8 @@ Two abstract roles, as in the original code release:
 
 * :class:`EmbedBlock` -- ``forward(x, emb)``: takes the time embedding (ResBlocks).
 * :class:`ConditionBlock` -- ``forward(x, cond)``: takes the condition dict
-  (e.g. ``{"layout": (B, N, 5)}``); layout attention and prompted attention are ConditionBlocks.
+  (e.g. ``{"layout": (B, N, 5)}``), or inside an adapted network the adaptor's
+  :class:`AdaptorState`; layout attention and prompted attention are ConditionBlocks.
 
 Concrete ResBlocks and AttentionBlocks are registered by name (``res_block_type``,
 ``attn_block_type``) so configs can swap them.
@@ -12,6 +13,7 @@ Concrete ResBlocks and AttentionBlocks are registered by name (``res_block_type`
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -24,7 +26,28 @@ from ..errors import UserError
 RES_BLOCKS: Registry[type] = Registry("res_block_type")
 ATTN_BLOCKS: Registry[type] = Registry("attn_block_type")
 
-Cond = dict[str, Any] | None
+
+
+@dataclass
+class AdaptorState:
+    """What the condition blocks of an adapted network get in one forward pass, in place of the
+    caller's condition dict (which is never written to); made by
+    :meth:`~layoutdiffuse.nn.adaptor.LayoutAdaptor.prepare`.
+
+    ``prompt_table: (num_classes + 1, D)`` instance prompts (last row null); ``layout: (B, N, 5)``
+    (box mode) or ``mask: (B, H, W)`` (mask mode), as checked at the boundary
+    (:mod:`layoutdiffuse.conditions`), ``None`` = empty; ``task_prompts: (T, D)`` or ``None``;
+    ``regions``: scratch shared by the blocks of this pass (the layout bookkeeping per resolution).
+    """
+
+    prompt_table: torch.Tensor
+    layout: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+    task_prompts: torch.Tensor | None = None
+    regions: dict[Any, Any] = field(default_factory=dict)
+
+
+Cond = dict[str, Any] | AdaptorState | None
 
 
 class EmbedBlock(nn.Module):
@@ -137,8 +160,9 @@ class AttentionBlock(ConditionBlock):
     ``x: (B, C, H, W)`` -> same shape. Subclasses may change :meth:`attend`.
 
     ``task_prompt``: ``None``, or a module set by the layout adaptor
-    (:class:`~layoutdiffuse.nn.adaptor.TaskPromptAttention`); when ``cond`` carries
-    ``"task_prompts"`` its output ``task_prompt(q, cond["task_prompts"])`` is added to the attention.
+    (:class:`~layoutdiffuse.nn.adaptor.TaskPromptAttention`); when ``cond`` carries task prompts
+    (:attr:`AdaptorState.task_prompts`, or ``cond["task_prompts"]`` for a block used on its own) the
+    output ``task_prompt(q, tokens)`` is added to the attention.
     """
 
     def __init__(self, channels: int, num_heads: int = 1):
@@ -160,7 +184,8 @@ class AttentionBlock(ConditionBlock):
         qkv = self.qkv(self.norm(x).reshape(b, c, h * w))
         q, k, v = (split_heads(t, self.num_heads) for t in qkv.chunk(3, dim=1))
         a = self.attend(q, k, v, cond)
-        if self.task_prompt is not None and cond is not None and cond.get("task_prompts") is not None:
-            a = a + self.task_prompt(q, cond["task_prompts"])
+        tokens = cond.task_prompts if isinstance(cond, AdaptorState) else (cond or {}).get("task_prompts")
+        if self.task_prompt is not None and tokens is not None:
+            a = a + self.task_prompt(q, tokens)
         a = merge_heads(a)
         return x + self.proj_out(a).reshape(b, c, h, w)

@@ -6,8 +6,13 @@ A class-conditional UNet (``num_classes``, as in improved DDPM) also reads ``con
 
 Adaptor hook: every input block, the middle block and every output block has a *key*
 (``input_3``, ``middle``, ``output_5``). When ``self.adaptor`` holds a module for a key, that
-module runs on the block's output: ``h = adaptor[key](h, cond)``. Adaptor modules live under
+module runs on the block's output: ``h = adaptor[key](h, state)``, ``state`` the adaptor's
+:class:`~layoutdiffuse.nn.blocks.AdaptorState` of the pass. Adaptor modules live under
 ``adaptor.`` so the foundation's state-dict keys never change.
+
+``cond`` is trusted: it is checked once at the boundary (:mod:`layoutdiffuse.conditions`; the
+model functions of :mod:`layoutdiffuse.diffusion.guidance` and the data loader's collate do it,
+with the classes of :attr:`UNet.condition_classes`).
 """
 from __future__ import annotations
 
@@ -16,7 +21,8 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from .blocks import ATTN_BLOCKS, RES_BLOCKS, BlockSequential, Cond, group_norm, timestep_embedding, zero_module
+from .blocks import ATTN_BLOCKS, RES_BLOCKS, AdaptorState, BlockSequential, Cond, group_norm, timestep_embedding, zero_module
+from ..conditions import condition_kind
 from ..errors import UserError
 
 
@@ -181,22 +187,28 @@ class UNet(nn.Module):
     def downsample_factor(self) -> int:
         return 2 ** (len(self.config["channel_mult"]) - 1)
 
+    @property
+    def condition_classes(self) -> dict[str, int]:
+        """The number of classes per condition kind this model reads (``label``; the adaptor's ``layout``
+        or ``mask``), for the boundary check of :func:`layoutdiffuse.conditions.check_condition`."""
+        classes = dict(self.adaptor.condition_classes) if self.adaptor is not None else {}
+        if self.num_classes:
+            classes["label"] = self.num_classes
+        return classes
+
     def label_index(self, cond: Cond, batch: int, device: torch.device) -> torch.Tensor:
-        """Rows of ``label_embed`` ``(B,)`` for ``cond["label"]`` (-1 or missing -> the "no class" row)."""
+        """Rows of ``label_embed`` ``(B,)`` for ``cond["label"]`` (-1 or missing -> the "no class" row).
+        Labels are checked here too (a few integers: cheap), so a direct call never embeds a wrong row."""
         labels = cond.get("label") if isinstance(cond, dict) else None
         if labels is None:
             return torch.full((batch,), self.num_classes, device=device, dtype=torch.long)
         labels = torch.as_tensor(labels, device=device)
-        if labels.shape != (batch,) or labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-            raise UserError(f"cond['label'] must be {batch} integers (one per image), got {labels.dtype} of shape {tuple(labels.shape)}")
-        bad = (labels < -1) | (labels >= self.num_classes)
-        if bad.any():
-            raise UserError(f"class label {int(labels[bad][0])} out of range: labels are 0..{self.num_classes - 1}, or -1 for no class")
+        condition_kind("label").check(labels, batch, self.num_classes)
         return torch.where(labels < 0, self.num_classes, labels).long()
 
-    def _hook(self, key: str, h: torch.Tensor, cond: Cond) -> torch.Tensor:
+    def _hook(self, key: str, h: torch.Tensor, state: AdaptorState | None) -> torch.Tensor:
         if self.adaptor is not None and key in self.adaptor.blocks:
-            h = self.adaptor.blocks[key](h, cond)
+            h = self.adaptor.blocks[key](h, state)
         return h
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Cond = None) -> torch.Tensor:
@@ -205,17 +217,17 @@ class UNet(nn.Module):
             raise UserError(f"image size {tuple(x.shape[-2:])} must be divisible by {f} for channel_mult {self.config['channel_mult']}")
         if t.ndim == 0:
             t = t.expand(x.shape[0])
-        if self.adaptor is not None:
-            cond = self.adaptor.prepare(cond, x.shape[0])
+        state = self.adaptor.prepare(cond, x.shape[0]) if self.adaptor is not None else None
         emb = self.time_embed(timestep_embedding(t, self.base_channel))
         if self.label_embed is not None:
             emb = emb + self.label_embed(self.label_index(cond, x.shape[0], x.device))
+        inner = cond if state is None else state  # what the blocks get
         hs = []
         h = x
         for i, block in enumerate(self.input_blocks):
-            h = self._hook(f"input_{i}", block(h, emb, cond), cond)
+            h = self._hook(f"input_{i}", block(h, emb, inner), state)
             hs.append(h)
-        h = self._hook("middle", self.middle_block(h, emb, cond), cond)
+        h = self._hook("middle", self.middle_block(h, emb, inner), state)
         for i, block in enumerate(self.output_blocks):
-            h = self._hook(f"output_{i}", block(torch.cat([h, hs.pop()], dim=1), emb, cond), cond)
+            h = self._hook(f"output_{i}", block(torch.cat([h, hs.pop()], dim=1), emb, inner), state)
         return self.out(h)

@@ -42,7 +42,8 @@ from torch.utils.checkpoint import checkpoint
 
 from ..autoencoder import require_diffusers
 from ..nn.adaptor import LayoutAdaptor, TaskPromptAttention, is_adaptor_name
-from .spec import LAYOUT_DEFAULTS, TASK_PROMPT_FORMS
+from ..nn.blocks import AdaptorState
+from ..nn.options import DiffusersLayoutOptions
 from ..errors import StateDictError, UserError
 from ..state_dicts import state_dict_mismatch
 
@@ -262,14 +263,8 @@ class LayoutDiffusersUNet(nn.Module):
         unet: a ``UNet2DConditionModel`` (text foundation: Stable Diffusion) or ``UNet2DModel``
             (unconditional foundation: LDM). The wrapper takes ownership: processors and hooks are
             installed on this object (deep-copy it first to keep a plain foundation).
-        layout: adaptor options, :data:`LAYOUT_DEFAULTS` (``num_classes`` required): ``levels``
-            (latent downsample exponents; the reference used 32x32 and 16x16 of a 64x64 latent,
-            ``[1, 2]``), ``embed_dim``, ``num_heads`` (layout attention), ``num_task_prompts``
-            (0 disables them), ``mask`` (mask layouts), ``region_mask_attention``, ``mask_pick``
-            (``top_left`` or the release's ``centre`` mask subsampling), ``task_prompt_form`` (``gated``:
-            this project's exact-identity form; ``concat``: the release's, see :class:`ConcatTaskPrompt`),
-            ``image_in_kv`` and ``prompt_dim`` (``concat`` only; ``prompt_dim`` defaults to ``embed_dim``),
-            ``mid_block`` (layout attention in the middle block too; the release has none there).
+        layout: adaptor options, :class:`~layoutdiffuse.nn.options.DiffusersLayoutOptions` (``num_classes``
+            required; ``task_prompt_form="concat"`` is the release's form, see :class:`ConcatTaskPrompt`).
         foundation: the foundation kind, stored in :attr:`config` for checkpoints.
 
     ``cond``: ``{"layout": (B, N, 5)}`` or ``{"mask": (B, H, W)}``, plus for text foundations
@@ -293,17 +288,8 @@ class LayoutDiffusersUNet(nn.Module):
             self.text = False
         else:
             raise TypeError(f"LayoutDiffusersUNet adapts a diffusers {' or '.join(UNET_CLASSES)}, got {type(unet).__name__}")
-        unknown = sorted(set(layout) - set(LAYOUT_DEFAULTS))
-        if unknown:
-            raise UserError(f"unknown layout adaptor options {unknown}; allowed: {', '.join(LAYOUT_DEFAULTS)}")
-        opts = {**LAYOUT_DEFAULTS, **layout}
-        if opts["num_classes"] is None:
-            raise UserError("the layout adaptor needs num_classes (size of the instance prompt table, without the null row)")
-        opts["levels"] = list(opts["levels"])
-        form = opts["task_prompt_form"]
-        if form not in TASK_PROMPT_FORMS:
-            raise UserError(f"unknown task_prompt_form '{form}'; choose one of: {', '.join(TASK_PROMPT_FORMS)}")
-        concat = form == "concat"
+        opts = DiffusersLayoutOptions.parse(layout).to_dict()
+        concat = opts["task_prompt_form"] == "concat"
         if concat and not self.text:
             raise UserError("task_prompt_form 'concat' (the release's) needs a text UNet (UNet2DConditionModel); "
                             "use 'gated' for unconditional foundations")
@@ -312,7 +298,7 @@ class LayoutDiffusersUNet(nn.Module):
         self.unet = unet
         self.foundation = foundation
         self.layout_config = opts
-        self._cond: dict[str, Any] | None = None
+        self._state: AdaptorState | None = None  # the adaptor's state during forward, for the hooks
 
         sites = layout_sites(unet, opts["levels"], opts["mid_block"])
         if not sites:
@@ -391,17 +377,22 @@ class LayoutDiffusersUNet(nn.Module):
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     # --- forward -----------------------------------------------------------------------------------
+    @property
+    def condition_classes(self) -> dict[str, int]:
+        """The adaptor's condition kind and its number of classes (the boundary check's)."""
+        return self.adaptor.condition_classes
+
     def _after_site(self, key: str, output: Any) -> Any:
-        cond = self._cond
-        if cond is None:
+        state = self._state
+        if state is None:
             raise RuntimeError("a layout-attention hook ran outside LayoutDiffusersUNet.forward; call the adapted model "
                                "(model(x, t, cond)), not model.unet directly")
         block = self.adaptor.blocks[key]
 
         def run(h: torch.Tensor) -> torch.Tensor:
             if getattr(self.unet, "is_gradient_checkpointing", False) and torch.is_grad_enabled():
-                return checkpoint(block, h, cond, use_reentrant=False)
-            return block(h, cond)
+                return checkpoint(block, h, state, use_reentrant=False)
+            return block(h, state)
 
         if isinstance(output, torch.Tensor):
             return run(output)
@@ -412,9 +403,9 @@ class LayoutDiffusersUNet(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: dict[str, Any] | None = None) -> torch.Tensor:
         b = x.shape[0]
-        prepared = self.adaptor.prepare(cond, b)
+        state = self.adaptor.prepare(cond, b)
         if self.text:
-            context = prepared.get("context")
+            context = (cond or {}).get("context")
             if context is None:
                 raise UserError("this adapted model is text-conditioned: cond['context'] (B, S, D) must hold the text encoder's "
                                  "hidden states (LatentDDPMTraining encodes cond['caption']; use the empty caption for none)")
@@ -423,10 +414,10 @@ class LayoutDiffusersUNet(nn.Module):
             if self.num_context_prompts:
                 prompts = self.task_prompt["context"](self.adaptor.task_prompts).to(context.dtype)
                 context = torch.cat([context, prompts.expand(b, -1, -1)], dim=1)
-        self._cond = prepared
+        self._state = state
         try:
             if self.text:
                 return self.unet(x, t, encoder_hidden_states=context, return_dict=False)[0]
             return self.unet(x, t, return_dict=False)[0]
         finally:
-            self._cond = None
+            self._state = None

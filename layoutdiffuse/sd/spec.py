@@ -1,4 +1,5 @@
-"""The ``adapt`` config section for foundation models (no heavy imports: config validation uses it)."""
+"""The ``adapt`` config section for foundation models (no heavy imports: config validation uses it); its
+``layout`` options are :class:`~layoutdiffuse.nn.options.DiffusersLayoutOptions`."""
 from __future__ import annotations
 
 from typing import Any
@@ -16,7 +17,7 @@ FOUNDATION_KEYS: dict[str, Any] = {
     "foundation": "",               # a FOUNDATIONS name
     "path": "",                     # diffusers folder, single .ckpt/.safetensors, or LDM folder / model.ckpt
     "config": None,                 # single-file Stable Diffusion: a local diffusers folder with the component configs
-    "layout": {},                   # adaptor: num_classes, levels, embed_dim, num_heads, num_task_prompts, mask, ...
+    "layout": {},                   # adaptor options: layoutdiffuse.nn.options.DiffusersLayoutOptions
     "gradient_checkpointing": False,
     "scale_factor": None,           # override the latent scale (default: the foundation's)
     "sample_posterior": True,       # KL autoencoders: z ~ q(z|x) in training (else its mean)
@@ -27,16 +28,3 @@ FOUNDATION_REQUIRED = ("foundation", "path", "layout")
 def is_foundation_config(config: dict[str, Any]) -> bool:
     """True when ``config`` adapts a diffusers foundation (``adapt.foundation`` set)."""
     return isinstance(config.get("adapt"), dict) and "foundation" in config["adapt"]
-
-#: adaptor options of a foundation and their defaults (``adapt.layout``; see LayoutDiffusersUNet)
-LAYOUT_DEFAULTS: dict[str, Any] = {
-    "num_classes": None, "levels": [1, 2], "embed_dim": 128, "num_heads": 1, "num_task_prompts": 64,
-    "mask": False, "region_mask_attention": False, "mask_pick": "top_left", "mid_block": True,
-    "task_prompt_form": "gated", "image_in_kv": False, "prompt_dim": None,
-}
-#: ``task_prompt_form``: ``gated`` (this project: a zero-gated second softmax over shared prompts, exact
-#: identity at insertion) or ``concat`` (the original release: per-layer prompts concatenated to the text
-#: context, one softmax; ``image_in_kv`` appends the projected image tokens too)
-TASK_PROMPT_FORMS = ("gated", "concat")
-#: the same keys with example values for config type checks
-LAYOUT_KEYS: dict[str, Any] = {**LAYOUT_DEFAULTS, "num_classes": 1}

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
+from ..conditions import CONDITIONS
 from ..diffusion import GaussianDiffusion, classifier_free_guidance, conditioned, make_sampler
 from ..diffusion.gaussian import ModelFn
 from ..diffusion.guidance import check_guidance, class_labels, drop_condition, null_condition
@@ -157,12 +158,12 @@ class DDPMTraining(pl.LightningModule):
         """Turn a loader batch into ``{"x0": (B, C, H, W), "cond": dict | None}``.
 
         The base class accepts an image tensor, or a dict with ``image`` and optional condition
-        keys (``layout``, ``mask``, ``caption``). Override to adapt another dataset.
+        keys (the kinds of :data:`~layoutdiffuse.conditions.CONDITIONS`). Override to adapt another dataset.
         """
         if isinstance(batch, torch.Tensor):
             return {"x0": batch, "cond": None}
         if isinstance(batch, dict) and "image" in batch:
-            cond = {k: batch[k] for k in ("layout", "mask", "caption", "context") if k in batch}
+            cond = {k: batch[k] for k in CONDITIONS if k in batch}  # every condition kind the batch holds
             return {"x0": batch["image"], "cond": cond or None}
         raise TypeError(
             f"process_batch got a {type(batch).__name__}; expected an image tensor or a dict with 'image'. "
