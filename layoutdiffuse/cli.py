@@ -60,10 +60,10 @@ def cmd_sample(args: argparse.Namespace) -> None:
     if args.guidance is not None:
         check_guidance(args.guidance)
     check_output(args.out)
-    module = load_model(args.ckpt)
+    module = load_model(args.ckpt, args.device, args.dtype)
     start = time.perf_counter()
     images, layouts = sample(args.layout, n=args.n, ckpt=module, sampler=args.sampler, steps=args.steps, guidance=args.guidance, seed=args.seed, progress=True,
-                              prompt=args.prompt, negative_prompt=args.negative_prompt)
+                              prompt=args.prompt, negative_prompt=args.negative_prompt, batch_size=args.batch_size)
     seconds = time.perf_counter() - start
     path = save_grid(images, args.out, layouts=layouts, class_names=module.class_names or None, nrow=grid_columns(module))
     log.info("wrote %d samples to %s (%.1f s)", args.n, path, seconds)
@@ -73,22 +73,20 @@ def cmd_edit(args: argparse.Namespace) -> None:
     from .editing import edit_file
 
     paths = edit_file(args.image, args.layout, args.new_layout, args.out, n=args.n, grid=args.grid, ckpt=args.ckpt, sampler=args.sampler,
-                      steps=args.steps, guidance=args.guidance, resample=args.resample, seed=args.seed, progress=True)
+                      steps=args.steps, guidance=args.guidance, resample=args.resample, seed=args.seed, progress=True,
+                      device=args.device, dtype=args.dtype, batch_size=args.batch_size)
     log.info("wrote %s", ", ".join(map(str, paths)))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    import torch
-
     from .evaluation.report import evaluate_checkpoint
-    from .experiment import load_checkpoint
+    from .factory import load_checkpoint
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if not (args.nll or args.fid or args.layout or args.digits):  # before loading anything
         raise UserError("nothing to evaluate: pass --nll (bits/dim on MNIST-test), --fid (digit-FID of samples vs MNIST-test), "
                         "--digits (share of samples read as digits) and/or --layout (layout accuracy, digit-FID and diversity "
                         "of a Layout-MNIST layout model)")
-    module = load_checkpoint(args.ckpt, map_location=device).to(device)
+    module = load_checkpoint(args.ckpt, device=args.device, dtype=args.dtype)
     result = evaluate_checkpoint(module, nll=args.nll, fid=args.fid, layout=args.layout, digits=args.digits, n=args.n, sampler=args.sampler,
                                  steps=args.steps, guidance=args.guidance, seed=args.seed, batch_size=args.batch_size,
                                  data_root=args.data_root, progress=args.progress)
@@ -101,6 +99,11 @@ def cmd_convert_release(args: argparse.Namespace) -> None:
     path = convert_release(args.ckpt, args.release_config, args.out, foundation=args.foundation, class_names=args.class_names,
                            guidance=args.guidance)
     log.info("wrote %s; sample it with: python -m layoutdiffuse sample --ckpt %s --layout LAYOUT.json", path, path)
+
+
+def add_device_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto (the GPU when there is one) | cpu | cuda | cuda:N | mps")
+    p.add_argument("--dtype", default="auto", help="auto (half precision for latent models on CUDA, else float32) | float32 | float16 | bfloat16")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -122,6 +125,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--prompt", help="caption (models with a text encoder, e.g. converted Stable Diffusion release checkpoints)")
     s.add_argument("--negative-prompt", help="text of the unconditional branch of guidance (default: the empty caption)")
     s.add_argument("--out", default="samples.png", help="PNG grid, each sample with its layout drawn over it")
+    s.add_argument("--batch-size", type=int, default=64, help="images per model call (lower it on an out-of-memory)")
+    add_device_options(s)
     s.set_defaults(func=cmd_sample)
     d = sub.add_parser("edit", help="edit an image by its layout: re-generate only the objects that changed (masked sampling)")
     d.add_argument("--image", required=True, help="the image to edit (PNG), of the model's size")
@@ -136,6 +141,8 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--out", default="edited.png", help="the edited image (PNG, the model's size)")
     d.add_argument("--grid", help="also write a picture of the original and the edits with their layouts drawn")
+    d.add_argument("--batch-size", type=int, help="edited versions per model call (default: all --n at once)")
+    add_device_options(d)
     d.set_defaults(func=cmd_edit)
     e = sub.add_parser("evaluate", help="bits/dim on MNIST-test (--nll), digit-FID of samples vs MNIST-test (--fid), digit quality (--digits), "
                        "Layout-MNIST layout accuracy / digit-FID / diversity (--layout); prints JSON")
@@ -153,7 +160,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--batch-size", type=int, default=250)
     e.add_argument("--data-root", help="data root holding MNIST/raw (default: $LAYOUTDIFFUSE_DATA, else ~/data)")
-    e.add_argument("--device", help="cpu | cuda (default: cuda when available)")
+    add_device_options(e)
     e.add_argument("--progress", action="store_true", help="show a progress bar for --nll")
     e.set_defaults(func=cmd_evaluate)
     r = sub.add_parser("convert-release", help="convert a checkpoint of the original LayoutDiffuse release (read without running code "

@@ -127,3 +127,24 @@ def test_every_top_level_name_resolves():
 
     missing = [name for name in layoutdiffuse.__all__ if getattr(layoutdiffuse, name, None) is None]
     assert not missing
+
+
+
+def upward_imports(graph: dict[str, set[str]], lower: str, upper: str) -> dict[str, list[str]]:
+    """The modules of package ``lower`` that import modules of package ``upper``, and what they import."""
+    found = {name: sorted(t for t in targets if t == upper or t.startswith(upper + "."))
+             for name, targets in graph.items() if name == lower or name.startswith(lower + ".")}
+    return {name: targets for name, targets in found.items() if targets}
+
+
+def test_the_layer_rule_sees_an_upward_import():
+    graph = {"p.sd.a": {"p.training.ddpm", "p.errors"}, "p.sd.b": {"p.sd.a"}, "p.training.ddpm": {"p.sd.b"}, "p.sdx": {"p.training"}}
+    assert upward_imports(graph, "p.sd", "p.training") == {"p.sd.a": ["p.training.ddpm"]}
+
+
+def test_foundations_sit_below_the_training_modules():
+    """``sd/`` (foundations: files, loading, the layout UNet) imports nothing from ``training/``; the
+    training module around a foundation is built by ``layoutdiffuse.factory``."""
+    graph = import_graph()
+    assert sum(name.startswith("layoutdiffuse.sd.") for name in graph) > 5
+    assert upward_imports(graph, "layoutdiffuse.sd", "layoutdiffuse.training") == {}

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+from dataclasses import dataclass
 from functools import partial
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import pytorch_lightning as pl
 import torch
@@ -90,6 +91,11 @@ class DDPMTraining(pl.LightningModule):
         sampling: default sampler options ``{"sampler", "steps", "clip", "guidance", ...}``.
         seed: base seed of the per-step generators.
         config: the full experiment config, stored in checkpoints so they rebuild themselves.
+        class_names: the names of the layout classes (stored in checkpoints; see :attr:`label_names`).
+
+    The inference interface every caller uses (sampling, editing, the widget, evaluation):
+    :attr:`is_layout_model`, :attr:`is_text_model`, :attr:`is_latent_model`, :attr:`label_classes`,
+    :attr:`label_names`, :meth:`prepare_sampling`, :meth:`sample`, :meth:`to_inference`.
     """
 
     def __init__(
@@ -106,6 +112,7 @@ class DDPMTraining(pl.LightningModule):
         config: dict[str, Any] | None = None,
         loss_weighting: str = "uniform",
         min_snr_gamma: float = 5.0,
+        class_names: Sequence[str] | None = None,
     ):
         super().__init__()
         self.model = denoising_model
@@ -124,6 +131,7 @@ class DDPMTraining(pl.LightningModule):
         self.loss_weighting, self.min_snr_gamma = loss_weighting, float(min_snr_gamma)
         self.seed = seed
         self.config = config or {}
+        self.class_names: list[str] = list(class_names or [])
         self.ema = AveragedModel(self.model, multi_avg_fn=partial(ema_multi_avg, ema_decay), use_buffers=True) if ema_decay > 0 else None
         if self.ema is not None:
             self.ema.requires_grad_(False)
@@ -140,7 +148,7 @@ class DDPMTraining(pl.LightningModule):
         """
         from ..schema import signature_defaults
 
-        skip = ("denoising_model", "diffusion", "image_shape", "seed", "config")
+        skip = ("denoising_model", "diffusion", "image_shape", "seed", "config", "class_names")
         keys: dict[str, Any] = {}
         for klass in reversed([k for k in cls.__mro__ if issubclass(k, DDPMTraining)]):
             keys.update(signature_defaults(klass.__init__, skip=skip))
@@ -257,11 +265,99 @@ class DDPMTraining(pl.LightningModule):
 
         return param_groups(self.model, mode=args["train"], lr=args["lr"], adaptor_lr=args["adaptor_lr"])
 
-    # --- sampling ----------------------------------------------------------------------------
+    # --- the inference interface -----------------------------------------------------------------
     @property
     def sampling_model(self) -> nn.Module:
         """The EMA weights when kept, else the live model."""
         return self.ema.module if self.ema is not None else self.model
+
+    @property
+    def is_layout_model(self) -> bool:
+        """True when the denoiser reads box layouts (it has a layout adaptor)."""
+        return getattr(self.model, "adaptor", None) is not None
+
+    @property
+    def is_text_model(self) -> bool:
+        """True when the model reads a text prompt (a latent model with a text encoder)."""
+        return False
+
+    @property
+    def is_latent_model(self) -> bool:
+        """True when the diffusion runs in an autoencoder's latent space."""
+        return False
+
+    @property
+    def label_classes(self) -> int:
+        """Classes of a class-conditional model (the ``label`` condition, the MNIST toy); 0 otherwise."""
+        return int(getattr(self.model, "num_classes", None) or 0)
+
+    @property
+    def label_names(self) -> list[str]:
+        """The names of the layout classes (ids as names when none were stored); empty for models without layouts."""
+        if not self.is_layout_model:
+            return []
+        return list(self.class_names) or [str(i) for i in range(self.model.adaptor.num_classes)]
+
+    @property
+    def trainer_ref(self) -> pl.Trainer | None:
+        """The trainer that fitted this module (``train`` returns the module; its trainer stays reachable)."""
+        return self._trainer
+
+    def precision_parts(self) -> list[nn.Module]:
+        """The parts that run in the inference precision (the denoiser and its EMA copy)."""
+        return [self.model] + ([self.ema] if self.ema is not None else [])
+
+    def to_inference(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> "DDPMTraining":
+        """Move to ``device``; :meth:`precision_parts` in ``dtype``. The diffusion's coefficients stay float32."""
+        self.to(device)
+        for part in self.precision_parts():
+            part.to(dtype)
+        return self
+
+    @property
+    def model_dtype(self) -> torch.dtype:
+        """The precision the denoiser runs in."""
+        return next(self.sampling_model.parameters()).dtype
+
+    def sampling_options(self, **overrides: Any) -> dict[str, Any]:
+        """The module's sampling options (``sampling_args``) with the ``overrides`` that are not ``None``."""
+        return {**self.sampling_args, **{k: v for k, v in overrides.items() if v is not None}}
+
+    def sampling_conditions(self, n: int, cond: dict[str, Any] | None, guidance: float,
+                            negative_prompt: str | Sequence[str] | None = None) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """``(cond, null)`` the denoiser sees for ``n`` samples: a class-conditional model given no ``cond``
+        draws image ``i`` of class ``i % label_classes``; ``null`` is the unguided branch (``None`` when
+        ``guidance`` is 1)."""
+        if negative_prompt is not None:
+            raise UserError("negative_prompt needs a text foundation (this model has no text encoder)")
+        if cond is None and self.label_classes:
+            cond = {k: v.to(self.device) for k, v in class_labels(n, self.label_classes).items()}
+        return cond, (null_condition(cond) if cond is not None and guidance != 1 else None)
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """A finished sample ``(n, C, H, W)`` -> images in [-1, 1]."""
+        return x.clamp(-1, 1)
+
+    def prepare_sampling(self, n: int, cond: dict[str, Any] | None = None, use_ema: bool = True,
+                         negative_prompt: str | Sequence[str] | None = None, **overrides: Any) -> SamplingPlan:
+        """What every sampling caller needs for ``n`` samples conditioned on ``cond``: the sampler, the
+        guided model function, the decode step (:class:`SamplingPlan`).
+
+        ``overrides`` replace the module's sampling options (``None`` keeps the module's): ``sampler``
+        (a registered name), ``steps``, ``guidance`` (classifier-free scale), ``clip``, ``eta``, ...
+        The model function takes and returns float32 (the sampler's arithmetic, the guidance
+        combination and multistep history stay float32); the denoiser runs in its own precision.
+        """
+        opts = self.sampling_options(**overrides)
+        name, guidance = opts.pop("sampler"), check_guidance(opts.pop("guidance"))
+        model = self.sampling_model if use_ema else self.model
+        cond, null = self.sampling_conditions(n, cond, guidance, negative_prompt)
+        run = in_precision(model, self.model_dtype, self.device)
+        if null is None:
+            model_fn = conditioned(run, cond)
+        else:
+            model_fn = classifier_free_guidance(run, cond, null, guidance, pred_channels=self.image_shape[0])
+        return SamplingPlan(make_sampler(name, self.diffusion, **opts), model_fn, model, (n, *self.image_shape), self.decode)
 
     @torch.no_grad()
     def sample(
@@ -271,28 +367,40 @@ class DDPMTraining(pl.LightningModule):
         generator: torch.Generator | None = None,
         progress: bool = False,
         use_ema: bool = True,
+        decode: bool = True,
         **overrides: Any,
     ) -> torch.Tensor:
-        """Draw ``n`` images ``(n, C, H, W)`` in [-1, 1].
+        """Draw ``n`` images ``(n, C, H, W)`` in [-1, 1] (``decode=False``: the raw samples, latents for
+        a latent model). ``overrides``: as :meth:`prepare_sampling` (``sampler``, ``steps``, ``guidance``,
+        ``negative_prompt``, ...). A class-conditional model given no ``cond`` draws image ``i`` of class
+        ``i % label_classes``."""
+        plan = self.prepare_sampling(n, cond, use_ema, **overrides)
+        with evaluating(plan.model):
+            x = plan.sampler.sample(plan.model_fn, plan.shape, generator=generator, progress=progress, device=self.device)
+        return plan.decode(x) if decode else x
 
-        ``overrides`` replace the default sampling options: ``sampler`` (a registered name),
-        ``steps``, ``guidance`` (classifier-free scale, needs ``cond``), ``clip``, ``eta``, ...
-        A class-conditional model given no ``cond`` draws image ``i`` of class ``i % num_classes``.
-        """
-        opts = {**self.sampling_args, **overrides}
-        if cond is None and getattr(self.model, "num_classes", None):
-            cond = {k: v.to(self.device) for k, v in class_labels(n, self.model.num_classes).items()}
-        name, guidance = opts.pop("sampler"), check_guidance(opts.pop("guidance"))
-        model = self.sampling_model if use_ema else self.model
-        model_fn = self.guided_model_fn(model, cond, guidance)
-        sampler = make_sampler(name, self.diffusion, **opts)
-        with evaluating(model):
-            images = sampler.sample(model_fn, (n, *self.image_shape), generator=generator, progress=progress, device=self.device)
-        return images.clamp(-1, 1)
 
-    def guided_model_fn(self, model: nn.Module, cond: dict[str, Any] | None, guidance: float) -> ModelFn:
-        """``model_fn(x_t, t)`` for a sampler: ``model`` conditioned on ``cond``, with classifier-free
-        guidance of scale ``guidance`` (the unconditional branch gets the null condition)."""
-        if cond is not None and guidance != 1:
-            return classifier_free_guidance(model, cond, null_condition(cond), guidance, pred_channels=self.image_shape[0])
-        return conditioned(model, cond)
+@dataclass
+class SamplingPlan:
+    """What :meth:`DDPMTraining.prepare_sampling` returns: ``sampler`` (a :class:`~layoutdiffuse.diffusion.samplers.Sampler`),
+    ``model_fn(x_t, t)`` (float32 in and out, guidance included), ``model`` (the denoiser, to put in
+    eval mode), ``shape`` ``(n, C, H, W)`` of the samples, ``decode`` (samples -> images in [-1, 1])."""
+
+    sampler: Any
+    model_fn: ModelFn
+    model: nn.Module
+    shape: tuple[int, ...]
+    decode: Callable[[torch.Tensor], torch.Tensor]
+
+
+def in_precision(model: nn.Module, dtype: torch.dtype, device: torch.device) -> Callable[..., torch.Tensor]:
+    """``model(x, t, cond)`` run in ``dtype`` (under autocast, so float32 inputs such as timestep
+    embeddings and box coordinates meet the weights' precision), its output returned as float32."""
+    if dtype == torch.float32:
+        return model
+
+    def run(x: torch.Tensor, t: torch.Tensor, cond: dict[str, Any] | None) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=dtype):
+            return model(x.to(dtype), t, cond).float()
+
+    return run
