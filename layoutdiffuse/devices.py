@@ -37,7 +37,7 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu")
     if not isinstance(device, str):
-        raise UserError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+        raise UserError(f"unknown device {device!r}; choose one of: {', '.join(DEVICES)}")
     try:
         found = torch.device(device)
     except RuntimeError:

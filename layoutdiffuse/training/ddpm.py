@@ -303,6 +303,23 @@ class DDPMTraining(pl.LightningModule):
         """The trainer that fitted this module (``train`` returns the module; its trainer stays reachable)."""
         return self._trainer
 
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, map_location: Any = None, hparams_file: Any = None, strict: bool | None = None,
+                             **kwargs: Any) -> "DDPMTraining":
+        """A trained module from a layoutdiffuse checkpoint or ``.safetensors`` export, as Lightning users
+        expect: :func:`layoutdiffuse.factory.load_checkpoint` (architecture and config come from the file;
+        nothing is unpickled). ``map_location``: a device; ``kwargs``: ``device``, ``dtype``. Lightning's
+        ``hparams_file`` and ``strict`` do not apply (the file describes itself; loading is always strict)."""
+        from ..factory import load_checkpoint  # the one late import up the layers: Lightning puts the loader on the class
+
+        if hparams_file is not None or strict is False:
+            raise UserError("load_from_checkpoint: hparams_file and strict=False do not apply; a layoutdiffuse checkpoint describes "
+                            "its own model and always loads strictly")
+        module = load_checkpoint(checkpoint_path, map_location=map_location, **kwargs)
+        if not isinstance(module, cls):
+            raise UserError(f"{checkpoint_path} holds a {type(module).__name__}, not a {cls.__name__}")
+        return module
+
     def precision_parts(self) -> list[nn.Module]:
         """The parts that run in the inference precision (the denoiser and its EMA copy)."""
         return [self.model] + ([self.ema] if self.ema is not None else [])
