@@ -3,9 +3,11 @@ sampling with text + layout guidance, checkpoints, loading foundations (diffuser
 CompVis LDM checkpoint), and the shipped configs failing early without weights."""
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 import logging
+import pathlib
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,7 @@ from tiny_sd import (LDM_VQ, SD_SCHEDULER, box_layouts, masks, randomize, save_s
                      tiny_sd)
 
 from layoutdiffuse.config import ConfigError, validate
+from layoutdiffuse.errors import UserError
 from layoutdiffuse.layout import collate
 from layoutdiffuse.data.registry import DATASETS
 from layoutdiffuse.experiment import load_checkpoint, read_checkpoint, train
@@ -375,8 +378,8 @@ def to_ldm_vq(sd: dict, cfg: dict) -> dict:
     return out
 
 
-class LightningLeftover:
-    """Stands for the non-tensor objects a Lightning checkpoint pickles (callbacks, hparams)."""
+class Payload:
+    """An object of a class outside the data-container libraries: reading a checkpoint holding it is refused."""
 
     def __init__(self):
         self.payload = {"monitor": "val/loss"}
@@ -398,7 +401,9 @@ def ldm_folder(tmp_path_factory):
     state |= {f"first_stage_model.{k}": v for k, v in to_ldm_vq(vq.state_dict(), vq_cfg).items()}
     folder = tmp_path_factory.mktemp("pretrained") / "ldm-tiny"
     folder.mkdir()
-    torch.save({"state_dict": state, "epoch": 3, "callbacks": {"ckpt": LightningLeftover()}}, folder / "model.ckpt")
+    # the non-tensor objects a Lightning checkpoint pickles (hyper-parameter containers) are read as inert stand-ins
+    torch.save({"state_dict": state, "epoch": 3, "hyper_parameters": argparse.Namespace(lr=1e-4), "path": pathlib.PurePosixPath("x")},
+               folder / "model.ckpt")
     (folder / "config.yaml").write_text(yaml.safe_dump({"model": {"target": "ldm.models.diffusion.ddpm.LatentDiffusion",
                                                                   "params": TINY_LDM}}))
     return folder, unet, vq, unet_cfg, vq_cfg
@@ -425,6 +430,13 @@ def test_ldm_checkpoint_loads_without_executing_code(ldm_folder):
         assert torch.equal(loaded_unet(x, t).sample, unet(x, t).sample)  # the EMA weights, not the zeroed live ones
         img = torch.rand(1, 3, 16, 16) * 2 - 1
         assert torch.equal(loaded_vq(img).sample, vq(img).sample)
+
+
+def test_ldm_checkpoint_pickling_other_objects_is_refused_by_name(ldm_folder, tmp_path):
+    state = torch.load(ldm_folder[0] / "model.ckpt", weights_only=False)
+    torch.save({**state, "callbacks": {"ckpt": Payload()}}, tmp_path / "model.ckpt")
+    with pytest.raises(UserError, match=r"refused to unpickle \['test_latent.Payload'\]"):
+        load_ldm(tmp_path / "model.ckpt")
 
 
 def test_ldm_mask_layout_training_step(ldm_folder):
