@@ -409,6 +409,21 @@ def ldm_folder(tmp_path_factory):
     return folder, unet, vq, unet_cfg, vq_cfg
 
 
+def test_foundation_kinds_are_one_class_each_and_recognise_their_folders(tmp_path):
+    from layoutdiffuse.sd.foundation import FOUNDATION_KINDS, detect_kind, foundation_kind
+    from layoutdiffuse.sd.spec import FOUNDATIONS
+
+    assert set(FOUNDATION_KINDS) == set(FOUNDATIONS)
+    assert {name: kind.downscale for name, kind in FOUNDATION_KINDS.items()} == {"stable_diffusion": 8, "ldm_text": 8, "ldm": 4}
+    assert all("download" in kind.download_hint or "folder" in kind.download_hint for kind in FOUNDATION_KINDS.values())
+    assert detect_kind(tmp_path, "UNet2DModel").name == "ldm"
+    assert detect_kind(tmp_path, "UNet2DConditionModel").name == "stable_diffusion"
+    (tmp_path / "bert").mkdir()
+    assert detect_kind(tmp_path, "UNet2DConditionModel").name == "ldm_text"
+    with pytest.raises(UserError, match="unknown foundation 'sdxl'; choose one of: stable_diffusion, ldm"):
+        foundation_kind("sdxl")
+
+
 def test_ldm_conversion_inverts_the_compvis_layout(ldm_folder):
     _, unet, vq, unet_cfg, vq_cfg = ldm_folder
     ldm = to_ldm_unet(unet.state_dict(), unet_cfg)

@@ -103,10 +103,24 @@ class FoundationKind:
         """True when ``folder`` (with a release model whose UNet is ``unet_class``) is this kind."""
         raise NotImplementedError
 
+    def from_text_folder(self, p: Path, autoencoder: str, text_encoder: tuple[Any, str], tokenizer: Any,
+                         scale_factor: float | None, sample_posterior: bool) -> Foundation:
+        """A text foundation's diffusers folder: ``unet/``, the ``autoencoder`` subfolder (a KL autoencoder),
+        ``text_encoder = (class, subfolder)``, ``tokenizer/`` read by the ``tokenizer`` class, ``scheduler/``."""
+        diffusers = require_diffusers()
+        unet = diffusers.UNet2DConditionModel.from_pretrained(p, subfolder="unet", local_files_only=True)
+        vae = diffusers.AutoencoderKL.from_pretrained(p, subfolder=autoencoder, local_files_only=True)
+        encoder = text_encoder[0].from_pretrained(p / text_encoder[1], local_files_only=True)
+        schedule = diffusion_from_scheduler(json.loads((p / "scheduler" / "scheduler_config.json").read_text()))
+        return self.assembled(p, unet, vae, encoder, tokenizer.from_pretrained(p / "tokenizer", local_files_only=True), schedule,
+                              scale_factor, sample_posterior)
 
-def frozen(text_encoder: nn.Module) -> nn.Module:
-    text_encoder.requires_grad_(False)
-    return text_encoder.eval()
+    def assembled(self, p: Path, unet: nn.Module, vae: nn.Module, text_encoder: nn.Module, tokenizer: Any, schedule: dict[str, Any],
+                  scale_factor: float | None, sample_posterior: bool) -> Foundation:
+        log.info("loaded %s foundation %s (%s, %.0fM UNet parameters)", self.name, p, schedule, sum(t.numel() for t in unet.parameters()) / 1e6)
+        text_encoder.requires_grad_(False)
+        autoencoder = Autoencoder(vae, scale_factor=scale_factor, sample_posterior=sample_posterior)
+        return Foundation(self.name, unet, autoencoder, text_encoder.eval(), tokenizer, schedule, p)
 
 
 class StableDiffusion(FoundationKind):
@@ -140,24 +154,14 @@ class StableDiffusion(FoundationKind):
     def load(self, path: str | os.PathLike, config: str | os.PathLike | None = None, scale_factor: float | None = None,
              sample_posterior: bool = True) -> Foundation:
         p = self.check_files(path, config)
-        diffusers = require_diffusers()
         if p.is_file():
-            pipe = diffusers.StableDiffusionPipeline.from_single_file(str(p), config=str(resolve_path(config)), local_files_only=True,
-                                                                      load_safety_checker=False)
-            unet, vae, text_encoder, tokenizer = pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer
-            schedule = diffusion_from_scheduler(pipe.scheduler.config)
-        else:
-            from transformers import CLIPTextModel, CLIPTokenizer
+            pipe = require_diffusers().StableDiffusionPipeline.from_single_file(str(p), config=str(resolve_path(config)),
+                                                                               local_files_only=True, load_safety_checker=False)
+            return self.assembled(p, pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, diffusion_from_scheduler(pipe.scheduler.config),
+                                  scale_factor, sample_posterior)
+        from transformers import CLIPTextModel, CLIPTokenizer
 
-            unet = diffusers.UNet2DConditionModel.from_pretrained(p, subfolder="unet", local_files_only=True)
-            vae = diffusers.AutoencoderKL.from_pretrained(p, subfolder="vae", local_files_only=True)
-            text_encoder = CLIPTextModel.from_pretrained(p / "text_encoder", local_files_only=True)
-            tokenizer = CLIPTokenizer.from_pretrained(p / "tokenizer", local_files_only=True)
-            schedule = diffusion_from_scheduler(json.loads((p / "scheduler" / "scheduler_config.json").read_text()))
-        log.info("loaded Stable Diffusion foundation %s (%s, %.0fM UNet parameters)", p, schedule,
-                 sum(t.numel() for t in unet.parameters()) / 1e6)
-        autoencoder = Autoencoder(vae, scale_factor=scale_factor, sample_posterior=sample_posterior)
-        return Foundation(self.name, unet, autoencoder, frozen(text_encoder), tokenizer, schedule, p)
+        return self.from_text_folder(p, "vae", (CLIPTextModel, "text_encoder"), CLIPTokenizer, scale_factor, sample_posterior)
 
     def matches(self, folder: Path, unet_class: str) -> bool:
         return unet_class != "UNet2DModel" and not LDMText().matches(folder, unet_class)
@@ -183,16 +187,8 @@ class LDMText(FoundationKind):
         from diffusers.pipelines.latent_diffusion.pipeline_latent_diffusion import LDMBertModel
         from transformers import BertTokenizer
 
-        p = self.check_files(path, config)
-        diffusers = require_diffusers()
-        unet = diffusers.UNet2DConditionModel.from_pretrained(p, subfolder="unet", local_files_only=True)
-        vae = diffusers.AutoencoderKL.from_pretrained(p, subfolder="vqvae", local_files_only=True)
-        text_encoder = frozen(LDMBertModel.from_pretrained(p / "bert", local_files_only=True))
-        tokenizer = BertTokenizer.from_pretrained(p / "tokenizer", local_files_only=True)
-        schedule = diffusion_from_scheduler(json.loads((p / "scheduler" / "scheduler_config.json").read_text()))
-        log.info("loaded LAION text-to-image LDM foundation %s (%s)", p, schedule)
-        autoencoder = Autoencoder(vae, scale_factor=scale_factor, sample_posterior=sample_posterior)
-        return Foundation(self.name, unet, autoencoder, text_encoder, tokenizer, schedule, p)
+        return self.from_text_folder(self.check_files(path, config), "vqvae", (LDMBertModel, "bert"), BertTokenizer, scale_factor,
+                                     sample_posterior)
 
     def matches(self, folder: Path, unet_class: str) -> bool:
         index = folder / "model_index.json"
