@@ -27,7 +27,7 @@ from .diffusion.inpaint import masked_sample
 from .errors import UserError
 from .layout import PAD, pad_layouts
 from .sampling import as_layout, module_for, out_of_memory_as_user_error
-from .training.ddpm import evaluating
+from .training.inference import evaluating
 
 TOLERANCE = 1e-4  # rows closer than this in every field are the same object
 EDGE = 1e-4  # a box edge this close to a pixel boundary does not reach into the next pixel

@@ -48,7 +48,7 @@ def imported_modules_of(nodes: list[ast.stmt], path: Path, modules: set[str]) ->
 
 #: imports up the layers allowed inside one function, each with its reason: Lightning's API puts
 #: ``load_from_checkpoint`` on the module class, and the loader sits above the training modules
-LATE_IMPORTS = {("layoutdiffuse.training.ddpm", "layoutdiffuse.factory"): "DDPMTraining.load_from_checkpoint"}
+LATE_IMPORTS = {("layoutdiffuse.training.inference", "layoutdiffuse.factory"): "SamplingInterface.load_from_checkpoint"}
 
 
 def import_graph() -> dict[str, set[str]]:
