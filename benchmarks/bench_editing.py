@@ -107,7 +107,7 @@ def main() -> None:
     kinds = args.kinds.split(",")
     val = DATASETS.get("layout_mnist")(split="val", root=args.root, image_size=size, length=args.n * len(kinds))
     judge = load_crop_classifier()
-    used = {**module.sampling_args, **{k: v for k, v in dict(sampler=args.sampler, steps=args.steps, guidance=args.guidance).items() if v is not None}}
+    used = module.sampling_options(sampler=args.sampler, steps=args.steps, guidance=args.guidance)
     result = {"ckpt": args.ckpt or "shipped", "n_per_kind": args.n, "sampler": used["sampler"], "steps": used["steps"],
               "guidance": used["guidance"], "resample": args.resample, "threads": torch.get_num_threads(), "kinds": {}}
     for k, kind in enumerate(kinds):

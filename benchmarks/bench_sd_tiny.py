@@ -38,6 +38,8 @@ import pytorch_lightning as pl  # noqa: E402
 from layoutdiffuse.conditions import collate  # noqa: E402
 from layoutdiffuse.layout import pad_layouts  # noqa: E402
 from layoutdiffuse.autoencoder import Autoencoder  # noqa: E402
+from layoutdiffuse.factory import build_module  # noqa: E402
+from layoutdiffuse.sd.foundation import Foundation  # noqa: E402
 from layoutdiffuse.sd.layout_unet import LayoutDiffusersUNet  # noqa: E402
 from layoutdiffuse.sd.testing import SD_ARCHITECTURES, SD_SCHEDULER, build_sd  # noqa: E402
 from layoutdiffuse.sd.schedules import diffusion_from_scheduler  # noqa: E402
@@ -92,7 +94,7 @@ class StepTimer(pl.Callback):
             self.times.append(time.perf_counter() - self.t0)
 
 
-def build(arch: str, adapted: bool, checkpointing: bool) -> LatentDDPMTraining:
+def build(arch: str, adapted: bool, checkpointing: bool, image_size: int) -> LatentDDPMTraining:
     parts = build_sd(arch, seed=0, random_unet=False)
     unet = parts["unet"]
     if adapted:
@@ -103,15 +105,15 @@ def build(arch: str, adapted: bool, checkpointing: bool) -> LatentDDPMTraining:
         model = PlainTextUNet(unet)
         if checkpointing:
             unet.enable_gradient_checkpointing()
-    ae = Autoencoder(parts["vae"])
-    return LatentDDPMTraining(model, autoencoder=ae, text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"],
-                              diffusion=diffusion_from_scheduler(SD_SCHEDULER), image_shape=(4, 1, 1), optimizer={"lr": 3e-5},
-                              ema_decay=0.9999, cond_drop_prob=0.1, sampling={"sampler": "plms", "steps": 20, "guidance": 5.0})
+    found = Foundation("stable_diffusion", unet, Autoencoder(parts["vae"]), parts["text_encoder"], parts["tokenizer"],
+                       diffusion_from_scheduler(SD_SCHEDULER), Path("random"))
+    config = {"diffusion": {"training": "LatentDDPMTraining", "optimizer": {"lr": 3e-5}, "ema_decay": 0.9999, "cond_drop_prob": 0.1,
+                            "sampling": {"sampler": "plms", "steps": 20, "guidance": 5.0}}, "data": {"image_size": image_size}}
+    return build_module(config, model=model, foundation=found)
 
 
 def measure(args: argparse.Namespace, adapted: bool, device: str) -> dict[str, Any]:
-    module = build(args.arch, adapted, args.checkpointing)
-    module.image_shape = module.autoencoder.latent_shape(args.image_size)
+    module = build(args.arch, adapted, args.checkpointing, args.image_size)
     n_images = args.batch * (args.train_steps + args.warmup)
     loader = torch.utils.data.DataLoader(RandomLayouts(n_images, args.image_size), batch_size=args.batch, collate_fn=collate)
     timer = StepTimer(args.warmup)

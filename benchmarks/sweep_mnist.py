@@ -150,7 +150,7 @@ def score(module: Any, real: torch.Tensor, classifier: torch.nn.Module, name: st
     """Every entry of SAMPLERS (CLASS_SAMPLERS for class-conditional models) scored on N_SAMPLES
     samples; class-conditional samples also get ``label_accuracy`` (the classifier reads the class asked for)."""
     rows = []
-    classes = getattr(module.model, "num_classes", None)
+    classes = module.label_classes or None
     for opts, ema in CLASS_SAMPLERS if classes else SAMPLERS:
         start = time.perf_counter()
         images = module.sample(N_SAMPLES, generator=torch.Generator().manual_seed(0), use_ema=ema, **opts)

@@ -7,7 +7,9 @@ Lightning until a name is used)::
 
 Where each lives: models in :mod:`layoutdiffuse.nn`, the diffusion math and samplers in
 :mod:`layoutdiffuse.diffusion`, LightningModules in :mod:`layoutdiffuse.training`, building and
-training from configs in :mod:`layoutdiffuse.experiment`, adaptation in :mod:`layoutdiffuse.adapt`.
+training from configs in :mod:`layoutdiffuse.experiment`, every module built (and loaded from its checkpoint)
+by :mod:`layoutdiffuse.factory`, checkpoint files in :mod:`layoutdiffuse.checkpoints`, devices and
+precisions in :mod:`layoutdiffuse.devices`, adaptation in :mod:`layoutdiffuse.adapt`.
 """
 from __future__ import annotations
 
@@ -26,8 +28,8 @@ _LAZY = {
     "DDPMTraining": "training", "DDIMTraining": "training", "LatentDDPMTraining": "training",
     "DDPM_MNIST": "training", "DDIM_MNIST": "training",
     # configs, experiments, checkpoints
-    "load_config": "config", "validate": "config", "build_module": "experiment", "train": "experiment",
-    "load_checkpoint": "experiment", "export_weights": "experiment",
+    "load_config": "config", "validate": "config", "build_module": "factory", "train": "experiment",
+    "load_checkpoint": "factory", "export_weights": "checkpoints",
     # adaptation, sampling, the layout type
     "adapt": "adapt", "param_groups": "adapt", "sample": "sampling", "sample_batched": "sampling", "load_model": "sampling",
     "edit": "editing",

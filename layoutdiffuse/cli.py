@@ -118,6 +118,12 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 # --- sample ------------------------------------------------------------------------------------------------
 
+def add_device_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto (the GPU when there is one) | cpu | cuda | cuda:N | mps (default: auto)")
+    p.add_argument("--dtype", default="auto", help="auto (half precision for latent models on CUDA, else float32) | float32 | float16 | "
+                   "bfloat16 (default: auto)")
+
+
 def add_sampling_args(p: argparse.ArgumentParser, for_what: str = "") -> None:
     """``--sampler``, ``--steps``, ``--guidance``, ``--seed``: shared by every command that samples."""
     p.add_argument("--sampler", help=f"{for_what}sampler: {{samplers}} (default: the model's own, stored in the checkpoint)")
@@ -139,6 +145,8 @@ def add_sample_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--out", default="samples.png", help="PNG grid, each sample with its layout drawn over it (default: samples.png)")
     s.add_argument("--save-images", metavar="DIR", help="also write each sample as it is, at the model's size, to DIR/sample_000.png, ... "
                    "with its layout file DIR/sample_000.json beside it (the input of `edit`)")
+    s.add_argument("--batch-size", type=int, default=64, help="images per model call; lower it on an out-of-memory (default: 64)")
+    add_device_options(s)
 
 
 def check_sample(args: argparse.Namespace) -> None:
@@ -164,10 +172,11 @@ def cmd_sample(args: argparse.Namespace) -> None:
     from .sampling import load_model, sample
     from .visualize import grid_columns, save_grid
 
-    module = load_model(args.ckpt)
+    module = load_model(args.ckpt, args.device, args.dtype)
     start = time.perf_counter()
     images, layouts = sample(args.layout, n=args.n, ckpt=module, sampler=args.sampler, steps=args.steps, guidance=args.guidance, seed=args.seed,
-                             progress=True, prompt=args.prompt, negative_prompt=args.negative_prompt, mask=args.mask)
+                             progress=True, prompt=args.prompt, negative_prompt=args.negative_prompt, mask=args.mask,
+                             batch_size=args.batch_size)
     seconds = time.perf_counter() - start
     path = save_grid(images, args.out, layouts=layouts, class_names=module.class_names or None, nrow=grid_columns(module))
     log.info("wrote %d samples to %s (%.1f s)", args.n, path, seconds)
@@ -208,6 +217,8 @@ def add_edit_args(d: argparse.ArgumentParser) -> None:
     d.add_argument("--resample", type=int, default=0, help="extra RePaint passes per step (default: 0 = none)")
     d.add_argument("--out", default="edited.png", help="the edited image (PNG, the model's size; default: edited.png)")
     d.add_argument("--grid", help="also write a picture of the original and the edits with their layouts drawn")
+    d.add_argument("--batch-size", type=int, help="edited versions per model call (default: all --n at once)")
+    add_device_options(d)
 
 
 def check_edit(args: argparse.Namespace) -> None:
@@ -229,7 +240,8 @@ def cmd_edit(args: argparse.Namespace) -> None:
     from .editing import edit_file
 
     paths = edit_file(args.image, args.layout, args.new_layout, args.out, n=args.n, grid=args.grid, ckpt=args.ckpt, sampler=args.sampler,
-                      steps=args.steps, guidance=args.guidance, resample=args.resample, seed=args.seed, progress=True)
+                      steps=args.steps, guidance=args.guidance, resample=args.resample, seed=args.seed, progress=True,
+                      device=args.device, dtype=args.dtype, batch_size=args.batch_size)
     log.info("wrote %s", ", ".join(map(str, paths)))
 
 
@@ -247,7 +259,7 @@ def add_evaluate_args(e: argparse.ArgumentParser) -> None:
     add_sampling_args(e, for_what="for --fid/--digits/--layout: ")
     e.add_argument("--batch-size", type=int, default=250, help="images per model call (default: 250)")
     e.add_argument("--data-root", help="data root holding MNIST/raw (default: $LAYOUTDIFFUSE_DATA, else ~/data)")
-    e.add_argument("--device", help="cpu | cuda (default: cuda when available)")
+    add_device_options(e)
     e.add_argument("--progress", action="store_true", help="show a progress bar for --nll")
 
 
@@ -261,13 +273,10 @@ def check_evaluate(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     check_sampling_options(args)
-    import torch
-
     from .evaluation.report import evaluate_checkpoint
-    from .experiment import load_checkpoint
+    from .factory import load_checkpoint
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    module = load_checkpoint(args.ckpt, map_location=device).to(device)
+    module = load_checkpoint(args.ckpt, device=args.device, dtype=args.dtype)
     result = evaluate_checkpoint(module, nll=args.nll, fid=args.fid, layout=args.layout, digits=args.digits, n=args.n, sampler=args.sampler,
                                  steps=args.steps, guidance=args.guidance, seed=args.seed, batch_size=args.batch_size,
                                  data_root=args.data_root, progress=args.progress)

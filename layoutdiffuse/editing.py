@@ -23,11 +23,11 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from .diffusion import make_sampler
 from .diffusion.inpaint import masked_sample
 from .errors import UserError
 from .layout import PAD, pad_layouts
-from .training.ddpm import evaluating
+from .sampling import as_layout, module_for, out_of_memory_as_user_error
+from .training.inference import evaluating
 
 TOLERANCE = 1e-4  # rows closer than this in every field are the same object
 EDGE = 1e-4  # a box edge this close to a pixel boundary does not reach into the next pixel
@@ -71,9 +71,9 @@ def edit_region(layouts: torch.Tensor, new_layouts: torch.Tensor, height: int, w
 
 def check_editable(module: pl.LightningModule, images: torch.Tensor) -> None:
     """One clear line when ``module`` cannot edit ``images (B, C, H, W)``."""
-    if getattr(module.model, "adaptor", None) is None:
+    if not module.is_layout_model:
         raise UserError("editing needs a layout model (a LayoutDiffuse checkpoint); this one takes no layout")
-    if hasattr(module, "decode_latents"):
+    if module.is_latent_model:
         raise UserError("editing supports pixel-space layout models only (e.g. the Layout-MNIST model), not latent models")
     expected = tuple(module.image_shape)
     if images.ndim != 4 or tuple(images.shape[1:]) != expected:
@@ -101,14 +101,10 @@ def edit_images(module: pl.LightningModule, images: torch.Tensor, layouts: torch
     if unchanged.any():
         which = "the new layout" if len(images) == 1 else f"image(s) {unchanged.nonzero().flatten().tolist()}: the new layout"
         raise UserError(f"nothing to edit: {which} has the same objects as the old one (move, resize, re-label, add or remove one)")
-    opts = {**module.sampling_args, **{k: v for k, v in dict(sampler=sampler, steps=steps, guidance=guidance).items() if v is not None}, **options}
-    name, scale = opts.pop("sampler"), opts.pop("guidance")
-    model = module.sampling_model
-    with evaluating(model):
-        model_fn = module.guided_model_fn(model, {"layout": new_layouts}, scale)
-        edited = masked_sample(make_sampler(name, module.diffusion, **opts), model_fn, images, ~region,
-                               generator=generator, resample=resample, progress=progress)
-    return edited.clamp(-1, 1), region
+    plan = module.prepare_sampling(len(images), {"layout": new_layouts}, sampler=sampler, steps=steps, guidance=guidance, **options)
+    with evaluating(plan.model), out_of_memory_as_user_error(len(images), "editing"):
+        edited = masked_sample(plan.sampler, plan.model_fn, images.float(), ~region, generator=generator, resample=resample, progress=progress)
+    return plan.decode(edited).float().cpu(), region.cpu()
 
 
 def load_image(path: str | Path, channels: int) -> torch.Tensor:
@@ -143,16 +139,15 @@ def edit_file(image: str | Path, layout: Any, new_layout: Any, out: str | Path, 
     """What ``python -m layoutdiffuse edit`` does: edit the image file, write ``out`` (``n = 1``) or
     ``out``'s stem ``_000.png ...`` (``n > 1``), and with ``grid`` a picture of the original and the
     edits with their layouts drawn. ``options``: those of :func:`edit`. Returns the paths written."""
-    from .sampling import as_layout, load_model
     from .visualize import save_grid
 
-    module = load_model(options.pop("ckpt", None))
+    module = module_for(options.pop("ckpt", None), options.pop("device", None), options.pop("dtype", None))
     original = load_image(image, module.image_shape[0])
     edited = edit(original, layout, new_layout, ckpt=module, n=n, **options)
     out = Path(out)
     paths = [save_image(edited[0], out)] if n == 1 else [save_image(x, out.with_name(f"{out.stem}_{i:03d}.png")) for i, x in enumerate(edited)]
     if grid is not None:
-        names = module.class_names or [str(i) for i in range(module.model.adaptor.num_classes)]
+        names = module.label_names
         old, new = pad_layouts([as_layout(layout, names), as_layout(new_layout, names)])
         layouts = torch.cat([old[None], new[None].expand(n, -1, -1)])
         paths.append(save_grid(torch.cat([original[None], edited.cpu()]), grid, layouts=layouts, class_names=names, nrow=n + 1))
@@ -161,19 +156,23 @@ def edit_file(image: str | Path, layout: Any, new_layout: Any, out: str | Path, 
 
 def edit(image: Any, layout: Any, new_layout: Any, ckpt: str | Path | pl.LightningModule | None = None, n: int = 1,
          sampler: str | None = None, steps: int | None = None, guidance: float | None = None, resample: int = 0,
-         seed: int = 0, progress: bool = False) -> torch.Tensor:
+         seed: int = 0, progress: bool = False, batch_size: int | None = None, device: str | torch.device | None = None,
+         dtype: str | torch.dtype | None = None) -> torch.Tensor:
     """Re-generate what changed between ``layout`` and ``new_layout`` in ``image``; ``n`` versions.
 
     ``image``: ``(C, H, W)`` or ``(1, C, H, W)`` in [-1, 1], or an image file. ``layout`` /
     ``new_layout``: a layout file, ``{"label", "box"}`` objects or an ``(N, 5)`` tensor (as for
     :func:`layoutdiffuse.sample`). ``ckpt``: default the shipped Layout-MNIST model.
-    Returns ``(n, C, H, W)`` in [-1, 1]; pixels outside the changed boxes are the original's.
+    ``batch_size``: versions re-generated per model call (default all ``n`` at once; version ``i`` is the
+    same whatever the batch size only when it is ``n``, as the batch shares one generator).
+    ``device`` / ``dtype``: as for :func:`layoutdiffuse.sample`.
+    Returns ``(n, C, H, W)`` in [-1, 1], float32 on the CPU; pixels outside the changed boxes are the original's.
     """
-    from .sampling import as_layout, load_model
-
     if n < 1:
         raise UserError(f"n must be >= 1, got {n}")
-    module = ckpt if isinstance(ckpt, pl.LightningModule) else load_model(ckpt)
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise UserError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    module = module_for(ckpt, device, dtype)
     if isinstance(image, (str, Path)):
         image = load_image(image, module.image_shape[0])
     if not isinstance(image, torch.Tensor):
@@ -182,9 +181,13 @@ def edit(image: Any, layout: Any, new_layout: Any, ckpt: str | Path | pl.Lightni
     if images.ndim == 4 and len(images) != 1:
         raise UserError(f"edit takes one image (C, H, W); for a batch use layoutdiffuse.editing.edit_images, got {tuple(image.shape)}")
     check_editable(module, images)
-    names = module.class_names or [str(i) for i in range(module.model.adaptor.num_classes)]
+    names = module.label_names
     old, new = pad_layouts([as_layout(layout, names), as_layout(new_layout, names)]).unbind(0)
     g = torch.Generator(device=module.device).manual_seed(seed)
-    expand = lambda t: t[None].expand(n, *t.shape)  # noqa: E731
-    edited, _ = edit_images(module, images.expand(n, -1, -1, -1), expand(old), expand(new), sampler, steps, guidance, resample, g, progress)
-    return edited
+    chunks = []
+    for i in range(0, n, batch_size or n):
+        size = min(batch_size or n, n - i)
+        expand = lambda t: t[None].expand(size, *t.shape)  # noqa: E731
+        edited, _ = edit_images(module, images.expand(size, -1, -1, -1), expand(old), expand(new), sampler, steps, guidance, resample, g, progress)
+        chunks.append(edited)
+    return torch.cat(chunks)

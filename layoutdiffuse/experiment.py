@@ -1,17 +1,14 @@
 """Config -> data + model -> LightningModule -> Trainer -> checkpoints and images.
 
-``train(config)`` is what ``python -m layoutdiffuse train -c CONFIG`` runs; ``load_checkpoint`` turns
-any checkpoint written by it back into a ready-to-sample module without executing code from the
-file (``torch.load(weights_only=True)``).
+``train(config)`` is what ``python -m layoutdiffuse train -c CONFIG`` runs. Modules are built by
+:mod:`layoutdiffuse.factory` (``build_module``, ``load_checkpoint``) and checkpoint files are read and
+written by :mod:`layoutdiffuse.checkpoints`; their names are importable from here too.
 """
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import os
-import pickle
-import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -20,16 +17,17 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
+from .checkpoints import check_fits, export_weights, read_checkpoint, read_weights, sampling_state_dict  # noqa: F401 (public here too)
 from .config import validate
 from .schema import ConfigError
 from .data.loader import ResumableDataLoader
 from .data.registry import DATASETS
-from .files import AtomicCheckpointIO, save_safetensors
-from .nn import UNet
+from .factory import build_model, build_module, load_checkpoint  # noqa: F401 (public here too)
+from .files import AtomicCheckpointIO
+from .sd.foundation import foundation_kind
 from .sd.spec import is_foundation_config
-from .training.callbacks import CKPT_KEY, build_callbacks, checkpoint_meta
+from .training.callbacks import build_callbacks
 from .training.progress import ProgressLog, StepProgressBar, interactive
-from .training.registry import TRAININGS
 from .errors import UserError, MissingFileError
 
 log = logging.getLogger(__name__)
@@ -68,31 +66,6 @@ def experiment_lock(out: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint dict safely (tensors and plain data only) with a clear error."""
-    path = Path(path)
-    if not path.exists():
-        raise MissingFileError(f"checkpoint {path} does not exist")
-    if path.is_dir():
-        raise UserError(f"checkpoint {path} is a folder; give a .ckpt or .safetensors file")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:  # never echo torch's text: it advises loading the file unsafely
-        found = re.search(r"GLOBAL ([\w.]+)", str(err))
-        if found is None:  # not a pickle of objects: damaged, or not a checkpoint at all
-            reason = re.search(r"WeightsUnpickler error:\s*(.+)", str(err))
-            raise UserError(f"{path} is not a readable checkpoint (corrupted, or not a torch checkpoint)"
-                            + (f": {reason.group(1).strip()}" if reason else "")) from None
-        what = f" (it references {found.group(1)})"
-        raise UserError(f"{path} holds pickled Python objects{what}, not only tensors and plain data; it is refused because "
-                        "loading it could run code. Use a checkpoint written by layoutdiffuse, or a .safetensors export") from None
-    except Exception as err:
-        raise UserError(f"{path} is not a readable checkpoint (corrupted, or not a torch checkpoint): {err or type(err).__name__}") from err
-    if not isinstance(ckpt, dict) or CKPT_KEY not in ckpt or "state_dict" not in ckpt:
-        raise UserError(f"{path} is not a layoutdiffuse checkpoint (no '{CKPT_KEY}' entry); train one with `python -m layoutdiffuse train -c CONFIG`")
-    return ckpt
-
-
 def build_datasets(config: dict[str, Any]) -> dict[str, Any]:
     data = dict(config["data"])
     factory = DATASETS.get(data.pop("dataset"))
@@ -110,56 +83,6 @@ def build_loaders(config: dict[str, Any], datasets: dict[str, Any]) -> dict[str,
         "train": ResumableDataLoader(datasets["train"], batch_size=bs, shuffle=True, seed=config.get("seed", 0), drop_last=True, **kwargs),
         "val": DataLoader(datasets["val"], batch_size=data.get("val_batch_size", bs), shuffle=False, **kwargs),
     }
-
-
-def build_model(config: dict[str, Any]) -> UNet:
-    """The denoising model: from ``denoising_model``, a foundation checkpoint adapted by ``adapt``, or
-    the sampling (EMA) weights of a trained module's checkpoint or export (``init_ckpt``, to fine-tune)."""
-    if "denoising_model" in config:
-        return UNet(**config["denoising_model"])
-    if "init_ckpt" in config:
-        log.info("fine-tuning %s", config["init_ckpt"])
-        return load_checkpoint(config["init_ckpt"]).sampling_model.train()
-    from .adapt import adapt
-
-    spec = config["adapt"]
-    ckpt = read_checkpoint(spec["foundation_ckpt"])
-    check_fits(Path(spec["foundation_ckpt"]), ckpt[CKPT_KEY]["model"], ckpt["state_dict"])
-    foundation = UNet(**ckpt[CKPT_KEY]["model"])
-    foundation.load_state_dict(sampling_state_dict(ckpt["state_dict"]))
-    log.info("adapting foundation %s", spec["foundation_ckpt"])
-    return adapt(foundation, spec["layout"])
-
-
-def sampling_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The weights used for sampling (EMA when present) from a module state dict, as a UNet state dict."""
-    prefix = "ema.module." if any(k.startswith("ema.module.") for k in state_dict) else "model."
-    return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
-
-
-def build_module(config: dict[str, Any], model: UNet | None = None, architecture: dict[str, Any] | None = None,
-                 image_shape: tuple[int, ...] | None = None) -> pl.LightningModule:
-    """The training LightningModule of ``config`` -- the one factory behind ``train``, ``load_checkpoint``
-    and the notebooks.
-
-    ``model``: a denoising model to use instead of building one. ``architecture`` and ``image_shape``:
-    the ``model`` and ``image_shape`` entries stored in a checkpoint, to rebuild a trained module
-    (randomly initialised; load its state dict next). A diffusers foundation config
-    (``adapt.foundation``) loads the frozen foundation parts and inserts the adaptor
-    (:func:`~layoutdiffuse.sd.foundation.build_foundation_module`).
-    """
-    if model is None and is_foundation_config(config):  # diffusers foundation + frozen autoencoder / text encoder
-        from .sd.foundation import build_foundation_module
-
-        return build_foundation_module(config, architecture=architecture)
-    if model is None:
-        model = model_from_architecture(architecture) if architecture is not None else build_model(config)
-    cls = TRAININGS.get(config["diffusion"].get("training", "DDPMTraining"))
-    process, kwargs = cls.split_config(config["diffusion"])
-    if image_shape is None:
-        size = config["data"].get("image_size", 32)
-        image_shape = (model.config["in_channel"], size, size)
-    return cls(model, diffusion=process, image_shape=tuple(image_shape), seed=config.get("seed", 0), config=config, **kwargs)
 
 
 def build_trainer(config: dict[str, Any], class_names: list[str] | None = None, **overrides: Any) -> pl.Trainer:
@@ -210,18 +133,15 @@ def train(config: dict[str, Any], resume: str | Path | None = None, **trainer_ov
     """Train the experiment of ``config``; ``resume`` is a checkpoint path or ``"last"``."""
     validate(config)
     if is_foundation_config(config):  # fail before the data loads when the foundation's weights are missing
-        from .sd.foundation import check_foundation_files
-
-        check_foundation_files(config["adapt"]["foundation"], config["adapt"]["path"], config["adapt"].get("config"))
+        spec = config["adapt"]
+        foundation_kind(spec["foundation"]).check_files(spec["path"], spec.get("config"))
     pl.seed_everything(config.get("seed", 0), workers=True, verbose=False)
     datasets = build_datasets(config)
     loaders = build_loaders(config, datasets)
-    module = build_module(config)
-    module.class_names = list(getattr(datasets["train"], "class_names", None) or [])
+    module = build_module(config, class_names=list(getattr(datasets["train"], "class_names", None) or []))
     with experiment_lock(experiment_dir(config)):
         trainer = build_trainer(config, class_names=module.class_names or None, **trainer_overrides)
         fit(trainer, module, loaders, config, resume)
-    module.trainer_ref = trainer
     return module
 
 
@@ -235,100 +155,3 @@ def fit(trainer: pl.Trainer, module: pl.LightningModule, loaders: dict[str, Data
         start_step = read_checkpoint(ckpt_path)["global_step"]  # a clear error for a foreign or corrupted file
         keep_csv_history(trainer, start_step)
     trainer.fit(module, loaders["train"], loaders["val"] if trainer.limit_val_batches else None, ckpt_path=ckpt_path, weights_only=True if ckpt_path else None)
-
-
-def export_weights(module: pl.LightningModule, path: str | Path, half: bool = True) -> Path:
-    """Write the sampling weights (EMA when kept) and the metadata as one small ``.safetensors`` file."""
-    state = {k: (v.half() if half and v.is_floating_point() else v).contiguous() for k, v in module.sampling_model.state_dict().items() if not k.startswith("n_averaged")}
-    return save_safetensors(state, path, metadata={CKPT_KEY: json.dumps(checkpoint_meta(module))})
-
-
-def read_weights(path: Path, map_location: str | torch.device) -> dict[str, Any]:
-    """A ``.safetensors`` export as a checkpoint dict (``state_dict`` under ``ema.module.``)."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt", device=str(map_location)) as f:
-            meta = (f.metadata() or {}).get(CKPT_KEY)
-            state = {f"ema.module.{k}": f.get_tensor(k).float() for k in f.keys()}
-    except Exception as err:
-        raise UserError(f"{path} is not a readable safetensors file: {err}") from err
-    if meta is None:
-        raise UserError(f"{path} is not a layoutdiffuse export (no '{CKPT_KEY}' metadata)")
-    try:
-        meta = json.loads(meta)
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path}: its '{CKPT_KEY}' metadata is not valid JSON ({err})") from None
-    return {CKPT_KEY: meta, "state_dict": state}
-
-
-def describe(architecture: dict[str, Any]) -> str:
-    keys = ("base_channel", "channel_mult", "num_res_blocks", "attn_levels", "num_heads")
-    return "UNet(" + ", ".join(f"{k}={architecture[k]}" for k in keys if k in architecture) + (", layout adaptor)" if architecture.get("layout") else ")")
-
-
-def check_fits(path: Path, architecture: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> None:
-    """The checkpoint's sampling tensors must be exactly the UNet its metadata describes: same keys,
-    same shapes. The UNet is built on the ``meta`` device (no memory), so an architecture announcing
-    huge tensors is refused before anything is allocated."""
-    if not isinstance(architecture, dict):
-        raise UserError(f"checkpoint {path}: its model description must be an object, got {type(architecture).__name__}")
-    try:
-        with torch.device("meta"):
-            probe = UNet(**architecture)
-    except UserError as err:
-        raise UserError(f"checkpoint {path} describes an invalid model: {err}") from None
-    except TypeError as err:
-        raise UserError(f"checkpoint {path} describes a model this version cannot build: {err}") from None
-    want = {k: tuple(v.shape) for k, v in probe.state_dict().items()}
-    have = {k: tuple(v.shape) for k, v in sampling_state_dict(state_dict).items() if not k.startswith("n_averaged")}
-    problems = [f"{k}: {list(have[k])} in the file, {list(want[k])} in the model" for k in want if k in have and have[k] != want[k]]
-    problems += [f"missing {k}" for k in want if k not in have] + [f"unexpected {k}" for k in have if k not in want]
-    if problems:
-        shown = "; ".join(problems[:4]) + (f"; ... ({len(problems)} keys in all)" if len(problems) > 4 else "")
-        raise UserError(f"checkpoint {path} does not fit the model it describes, {describe(architecture)}: {shown}")
-
-
-def model_from_architecture(arch: dict[str, Any]) -> torch.nn.Module:
-    """The denoiser of a checkpoint's ``model`` entry: a :class:`UNet`, or a diffusers layout UNet
-    (``unet_class`` set: e.g. a converted release checkpoint without its foundation)."""
-    if "unet_class" in arch:
-        from .sd.layout_unet import LayoutDiffusersUNet
-
-        return LayoutDiffusersUNet.from_config(arch)
-    return UNet(**arch)
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> pl.LightningModule:
-    """A trained module from a Lightning checkpoint or a ``.safetensors`` export (architecture and
-    config are stored in it). Never unpickles code: ``weights_only=True`` / safetensors."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        if not path.exists():
-            raise MissingFileError(f"weights file {path} does not exist")
-        ckpt = read_weights(path, map_location)
-    else:
-        ckpt = read_checkpoint(path, map_location)
-    meta = ckpt[CKPT_KEY]
-    if not (isinstance(meta, dict) and {"config", "model", "image_shape"} <= set(meta) and isinstance(meta["config"], dict)):
-        raise UserError(f"{path}: its '{CKPT_KEY}' entry must hold 'config', 'model' and 'image_shape'; the file is damaged or foreign")
-    config = meta["config"]
-    if not is_foundation_config(config) and not (isinstance(meta["model"], dict) and "unet_class" in meta["model"]):  # the UNet's tensors checked before anything is allocated
-        check_fits(path, meta["model"], ckpt["state_dict"])
-    module = build_module(config, architecture=meta["model"], image_shape=tuple(meta["image_shape"]))
-    module.class_names = meta.get("class_names") or []
-    state = ckpt["state_dict"]
-    if not any(k.startswith("model.") for k in state):  # a weights export: EMA weights only
-        state = {**state, **{"model." + k[len("ema.module."):]: v for k, v in state.items()}}
-        if module.ema is not None:
-            state["ema.n_averaged"] = torch.tensor(1)
-        else:  # a module without EMA (ema_decay 0): the weights are its model's
-            state = {k: v for k, v in state.items() if not k.startswith("ema.module.")}
-    try:
-        missing, unexpected = module.load_state_dict(state, strict=False)
-    except RuntimeError as err:  # size mismatches the UNet check above cannot see (foundation modules)
-        raise UserError(f"checkpoint {path} does not fit the model it describes: {str(err).splitlines()[-1].strip()}") from None
-    if missing or unexpected:
-        raise UserError(f"checkpoint {path} does not match its architecture: missing keys {missing[:10]}, unexpected keys {unexpected[:10]}")
-    module.on_load_checkpoint(ckpt)
-    return module.eval()

@@ -11,10 +11,11 @@ give the same images.
 """
 from __future__ import annotations
 
+import contextlib
 import numbers
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytorch_lightning as pl
 import torch
@@ -27,30 +28,41 @@ from .errors import UserError, MissingFileError
 SHIPPED_MODEL = Path(__file__).parent / "weights" / "layout_mnist.safetensors"
 
 
-def load_model(ckpt: str | Path | None = None) -> pl.LightningModule:
+def load_model(ckpt: str | Path | None = None, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto") -> pl.LightningModule:
     """A ready-to-sample module of its own (callers may move or change it); ``None`` = the shipped
-    Layout-MNIST model."""
-    from .experiment import load_checkpoint
+    Layout-MNIST model. ``device`` / ``dtype``: see :mod:`layoutdiffuse.devices` (``auto``: the GPU when
+    there is one, half precision for latent models on CUDA, float32 otherwise)."""
+    from .factory import load_checkpoint
 
     path = Path(ckpt) if ckpt is not None else SHIPPED_MODEL
     if not path.exists():
         hint = " (the shipped model is missing from this install)" if ckpt is None else ""
         raise MissingFileError(f"checkpoint {path} does not exist{hint}")
-    return load_checkpoint(path)
+    return load_checkpoint(path, device=device, dtype=dtype)
 
 
-def is_layout_model(module: pl.LightningModule) -> bool:
-    return getattr(module.model, "adaptor", None) is not None
+def module_for(ckpt: str | Path | pl.LightningModule | None, device: str | torch.device | None,
+               dtype: str | torch.dtype | None) -> pl.LightningModule:
+    """``ckpt`` loaded (:func:`load_model`; ``None`` device / dtype = ``auto``), or a module given, moved
+    to ``device`` / ``dtype`` when they are given (``None``: left where it is)."""
+    if not isinstance(ckpt, pl.LightningModule):
+        return load_model(ckpt, device or "auto", dtype or "auto")
+    if device is None and dtype is None:
+        return ckpt
+    from .devices import resolve
+
+    found, precision = resolve(device or ckpt.device, dtype or ckpt.model_dtype, ckpt.is_latent_model)
+    return ckpt.to_inference(found, precision)
 
 
-def is_text_model(module: pl.LightningModule) -> bool:
-    """True for models that read a text prompt (a latent model with a text encoder)."""
-    return getattr(module, "text_encoder", None) is not None
-
-
-def is_mask_model(module: pl.LightningModule) -> bool:
-    """True for layout models that read part masks ``(B, H, W)`` instead of boxes (e.g. a converted ``celeb_mask``)."""
-    return bool(getattr(getattr(module.model, "adaptor", None), "mask", False))
+@contextlib.contextmanager
+def out_of_memory_as_user_error(batch_size: int, what: str = "sampling") -> Iterator[None]:
+    """A GPU out-of-memory inside the block becomes one line naming the batch size tried and what to lower."""
+    try:
+        yield
+    except torch.OutOfMemoryError:
+        raise UserError(f"out of GPU memory while {what} a batch of {batch_size}; lower the batch size (--batch-size / "
+                        "batch_size=), or use --dtype bfloat16 / float16, or a smaller image size") from None
 
 
 def check_conditions(module: pl.LightningModule, layout: Any = None, mask: Any = None, prompt: str | None = None,
@@ -58,14 +70,14 @@ def check_conditions(module: pl.LightningModule, layout: Any = None, mask: Any =
     """One line, before anything is sampled, when the conditions given do not fit ``module``: boxes
     for a mask model, a mask for a box model, text for a model without a text encoder, or a
     text-conditioned UNet that has no text encoder (converted without its foundation)."""
-    if is_mask_model(module):
+    if module.is_mask_model:
         if layout is not None and (not isinstance(layout, (list, tuple, torch.Tensor)) or len(layout)):
             raise UserError(f"this model reads {module.model.adaptor.num_classes}-part masks, not box layouts; "
                             "give --mask MASK.png (a PNG of part ids; mask= in Python)")
     elif mask is not None:
         raise UserError("this model reads box layouts, not masks; give --layout LAYOUT.json (layout= in Python)"
-                        if is_layout_model(module) else "this model reads no mask; sample it without one")
-    if getattr(module.model, "text", False) and not is_text_model(module):
+                        if module.is_layout_model else "this model reads no mask; sample it without one")
+    if module.lacks_text_encoder:
         from .release.hints import foundation_hint
 
         release = module.config.get("release") or {}
@@ -73,7 +85,7 @@ def check_conditions(module: pl.LightningModule, layout: Any = None, mask: Any =
         raise UserError(f"this model reads text but holds no text encoder (its UNet was converted without its foundation), so it "
                         f"cannot sample; fetch {foundation} and convert again: layoutdiffuse convert-release "
                         f"{release.get('checkpoint', 'CKPT')} --release-config CONFIG --foundation FOLDER --out OUT.safetensors")
-    if (prompt is not None or negative_prompt is not None) and not is_text_model(module):
+    if (prompt is not None or negative_prompt is not None) and not module.is_text_model:
         raise UserError("--prompt / --negative-prompt need a model with a text encoder (a text foundation); this one reads no "
                         "text: leave them out")
 
@@ -95,7 +107,7 @@ def as_layout(layout: Any, class_names: list[str]) -> torch.Tensor:
 def sample_batched(module: pl.LightningModule, n: int, layouts: torch.Tensor | None = None, seed: int = 0,
                    batch_size: int = 250, progress: bool = False, prompt: str | None = None, masks: torch.Tensor | None = None,
                    **sampling: Any) -> torch.Tensor:
-    """``n`` samples ``(n, C, H, W)`` in [-1, 1] on the CPU, drawn ``batch_size`` at a time.
+    """``n`` samples ``(n, C, H, W)`` in [-1, 1], float32 on the CPU, drawn ``batch_size`` at a time.
 
     ``layouts``: ``(n, N, 5)`` box layouts (row ``i`` conditions image ``i``) or ``None``
     (unconditional; a class-conditional model draws image ``i`` of class ``i % num_classes``). The batch starting at image ``i`` draws from a generator seeded ``seed + i``,
@@ -117,11 +129,12 @@ def sample_batched(module: pl.LightningModule, n: int, layouts: torch.Tensor | N
         cond = None if layouts is None else {"layout": layouts[i : i + size].to(module.device)}
         if masks is not None:
             cond = {"mask": masks[i : i + size].to(module.device)}
-        if cond is None and getattr(module.model, "num_classes", None):  # image j of the draw: class j % num_classes
-            cond = {"label": class_labels(size, module.model.num_classes, start=i)["label"].to(module.device)}
+        if cond is None and module.label_classes:  # image j of the draw: class j % label_classes
+            cond = {"label": class_labels(size, module.label_classes, start=i)["label"].to(module.device)}
         if prompt is not None:
             cond = {**(cond or {}), "caption": [prompt] * size}
-        chunks.append(module.sample(size, cond=cond, generator=g, progress=progress, **opts).cpu())
+        with out_of_memory_as_user_error(size):
+            chunks.append(module.sample(size, cond=cond, generator=g, progress=progress, **opts).float().cpu())
     return torch.cat(chunks)
 
 
@@ -153,6 +166,8 @@ def sample(
     negative_prompt: str | None = None,
     batch_size: int = BATCH_SIZE,
     mask: Any = None,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Draw ``n`` images for one layout (default 8), or one image per layout of a batch.
     Returns ``(images (n, C, H, W) in [-1, 1], layouts (n, N, 5) or None)``.
@@ -167,6 +182,9 @@ def sample(
     with a text encoder (Stable Diffusion foundations, e.g. a converted release checkpoint).
     ``mask``: for mask models (e.g. a converted ``celeb_mask``) instead of ``layout``: a PNG of part
     ids or a tensor ``(H, W)`` / ``(B, H, W)`` (:func:`layoutdiffuse.mask_file.as_mask`); ``None`` = the empty mask.
+    ``device`` / ``dtype``: where and in which precision the model runs (:mod:`layoutdiffuse.devices`;
+    default ``auto`` for a checkpoint loaded here; a module given stays where it is unless they are
+    given, and is then moved). Images come back float32 on the CPU, layouts on the CPU.
     """
     for name, value in (("n", n), ("batch_size", batch_size)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1):
@@ -175,12 +193,12 @@ def sample(
         check_guidance(guidance)
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**63:
         raise UserError(f"seed must be an integer in [0, 2**63), got {seed!r}")
-    module = ckpt if isinstance(ckpt, pl.LightningModule) else load_model(ckpt)
+    module = module_for(ckpt, device, dtype)
     check_conditions(module, layout, mask, prompt, negative_prompt)
     opts = dict(sampler=sampler, steps=steps, seed=seed, progress=progress)
     if prompt is not None or negative_prompt is not None:
         opts.update(prompt=prompt, negative_prompt=negative_prompt)
-    if is_mask_model(module):
+    if module.is_mask_model:
         from .mask_file import as_mask
 
         size = module.config.get("data", {}).get("image_size", module.image_shape[-1])
@@ -190,20 +208,20 @@ def sample(
         elif masks is not None and n is not None and n != len(masks):
             raise UserError(f"a batch of {len(masks)} masks draws one image per mask: leave n unset or pass n={len(masks)}, got n={n}")
         count = len(masks) if masks is not None else 8 if n is None else int(n)
-        return sample_batched(module, count, masks=masks, guidance=guidance, batch_size=batch_size, **opts).to(module.device), None
-    if not is_layout_model(module):
+        return sample_batched(module, count, masks=masks, guidance=guidance, batch_size=batch_size, **opts), None
+    if not module.is_layout_model:
         if layout is not None and (not isinstance(layout, (list, tuple, torch.Tensor)) or len(layout)):
             raise UserError("this checkpoint is not a layout model; sample it without a layout")
-        if getattr(module.model, "num_classes", None):  # class-conditional: image i of class i % num_classes
+        if module.label_classes:  # class-conditional: image i of class i % label_classes
             opts["guidance"] = guidance
         elif guidance is not None and guidance != 1:
             raise UserError(f"guidance {guidance:g} needs a conditional model; this checkpoint is unconditional (leave guidance unset)")
-        return sample_batched(module, 8 if n is None else int(n), batch_size=batch_size, **opts).to(module.device), None
-    rows = as_layout(layout, module.class_names or [str(i) for i in range(module.model.adaptor.num_classes)]).to(module.device)
+        return sample_batched(module, 8 if n is None else int(n), batch_size=batch_size, **opts), None
+    rows = as_layout(layout, module.label_names)
     if rows.ndim == 3:
         if n is not None and n != len(rows):
             raise UserError(f"a batch of {len(rows)} layouts draws one image per layout: leave n unset or pass n={len(rows)}, got n={n}")
         layouts = rows
     else:
         layouts = rows[None].expand(8 if n is None else int(n), -1, -1)
-    return sample_batched(module, len(layouts), layouts, guidance=guidance, batch_size=batch_size, **opts).to(module.device), layouts
+    return sample_batched(module, len(layouts), layouts, guidance=guidance, batch_size=batch_size, **opts), layouts

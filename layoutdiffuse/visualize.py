@@ -56,7 +56,7 @@ def grid(images: torch.Tensor, layouts: torch.Tensor | None = None, class_names:
 def grid_columns(module: Any) -> int | None:
     """Columns of a sample grid: one per class for a class-conditional model (image ``i`` has class
     ``i % num_classes``), else ``None`` (the grid's default)."""
-    return getattr(module.model, "num_classes", None) or None
+    return module.label_classes or None
 
 
 def save_grid(images: torch.Tensor, path: str | Path, layouts: torch.Tensor | None = None, class_names: Sequence[str] | None = None, nrow: int | None = None, scale: int | None = None) -> Path:

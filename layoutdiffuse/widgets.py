@@ -59,7 +59,6 @@ from .errors import UserError
 from .layout import LayoutError, pad_layouts
 from .layout_draft import DEFAULT_BOX, MIN_SIZE, SIDES, LayoutDraft, clamp_box
 from .layout_file import save_layout
-from .sampling import is_layout_model, is_text_model
 from .sampling import sample as sample_images
 from .visualize import PALETTE, grid, save_grid, to_uint8
 
@@ -141,12 +140,9 @@ class LayoutSampler:
     def __init__(self, module: pl.LightningModule, folder: str | Path = "outputs", n: int = 8, max_objects: int = 8,
                  device: str | torch.device | None = None, dtype: torch.dtype | None = None):
         self.module = module
-        self.conditional = is_layout_model(module)
-        self.text = is_text_model(module)
-        if self.conditional:
-            self.class_names = list(module.class_names or [str(i) for i in range(module.model.adaptor.num_classes)])
-        else:
-            self.class_names = []
+        self.conditional = module.is_layout_model
+        self.text = module.is_text_model
+        self.class_names = module.label_names
         self.max_objects = max_objects
         self.device, self.dtype = device, dtype
         self.image_shape = tuple(module.image_shape)
@@ -164,7 +160,7 @@ class LayoutSampler:
                                  enabled=self.conditional)
         self.draft.observe(self._draft_changed)
 
-        defaults = getattr(module, "sampling_args", {})
+        defaults = module.sampling_args
         self.canvas = Canvas(width=CANVAS_PX, height=CANVAS_PX, layout=W.Layout(width=f"{CANVAS_PX}px", height=f"{CANVAS_PX}px"))
         self.canvas.on_mouse_down(lambda u, v: self._guard("drawing", lambda: self.press(u, v)))
         self.canvas.on_mouse_move(lambda u, v: self._guard("drawing", lambda: self.move_to(u, v)))

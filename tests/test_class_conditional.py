@@ -102,7 +102,7 @@ def test_guidance_over_labels_equals_the_naive_combination():
     x, t = torch.randn(3, 1, 8, 8), torch.tensor([5, 25, 45])
     cond = {"label": torch.tensor([0, 1, 2])}
     with torch.no_grad():
-        guided = module.guided_model_fn(module.model, cond, 2.0)(x, t)
+        guided = module.prepare_sampling(3, cond, guidance=2.0).model_fn(x, t)
         c, u = module.model(x, t, cond), module.model(x, t, {"label": torch.full((3,), -1)})
     assert torch.allclose(guided, u + 2.0 * (c - u), atol=1e-5)
 

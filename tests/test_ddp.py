@@ -36,7 +36,7 @@ def main(out_dir: Path) -> None:
     from torch.utils.data import DataLoader
 
     from layoutdiffuse.conditions import collate
-    from layoutdiffuse.sd.foundation import build_foundation_module
+    from layoutdiffuse.factory import build_module
     from test_latent import TinyLayoutCaptions, sd_config
     from tiny_sd import save_sd_folder
 
@@ -47,7 +47,7 @@ def main(out_dir: Path) -> None:
     config = sd_config(folder, out_dir, ema_decay=0.9)
     config["adapt"]["gradient_checkpointing"] = True
     pl.seed_everything(0, verbose=False)  # as experiment.train does before building
-    module = build_foundation_module(config)
+    module = build_module(config)
     start = weights_hash(module)
 
     class RecordWeights(pl.Callback):

@@ -3,9 +3,11 @@ sampling with text + layout guidance, checkpoints, loading foundations (diffuser
 CompVis LDM checkpoint), and the shipped configs failing early without weights."""
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 import logging
+import pathlib
 from pathlib import Path
 
 import pytest
@@ -17,13 +19,14 @@ from tiny_sd import (LDM_VQ, SD_SCHEDULER, box_layouts, masks, randomize, save_s
                      tiny_sd)
 
 from layoutdiffuse.config import ConfigError, validate
+from layoutdiffuse.errors import UserError
 from layoutdiffuse.conditions import collate
 from layoutdiffuse.data.registry import DATASETS
 from layoutdiffuse.experiment import load_checkpoint, read_checkpoint, train
 from layoutdiffuse.autoencoder import Autoencoder, LatentCache
 from layoutdiffuse.sd.schedules import diffusion_from_ldm, diffusion_from_scheduler
-from layoutdiffuse.sd.foundation import (build_foundation_module, check_foundation_files,
-                                         merge_diffusion, resolve_path)
+from layoutdiffuse.factory import build_module
+from layoutdiffuse.sd.foundation import check_foundation_files, merge_diffusion, resolve_path
 from layoutdiffuse.sd.ldm import (LDM_CELEBAHQ_256, convert_ldm_unet, convert_ldm_vq, load_ldm,
                                   unet_config_from_ldm, vq_config_from_ldm)
 
@@ -144,7 +147,7 @@ def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 def test_training_updates_only_what_trains(sd_folder, train_mode, precision):
     config = sd_config(sd_folder, optimizer={"lr": 1e-3, "train": train_mode}, ema_decay=0.9)
     config["adapt"]["gradient_checkpointing"] = True
-    module = build_foundation_module(config)
+    module = build_module(config)
     vae, text, model = snapshot(module.autoencoder), snapshot(module.text_encoder), snapshot(module.model)
     loader = DataLoader(TinyLayoutCaptions(), batch_size=2, collate_fn=collate)
     quiet_trainer(max_steps=3, precision=precision).fit(module, loader)
@@ -169,7 +172,7 @@ def test_adapted_module_pickles_for_spawned_processes(sd_folder):
 
     config = sd_config(sd_folder)
     config["adapt"]["gradient_checkpointing"] = True
-    module = build_foundation_module(config)
+    module = build_module(config)
     clone = pickle.loads(pickle.dumps(module))
     x, t = torch.randn(2, 4, 8, 8), torch.tensor([5, 900])
     cond = module.encode_condition({"layout": box_layouts(2, NUM_CLASSES), "caption": ["a cat", ""]}, 2)
@@ -179,7 +182,7 @@ def test_adapted_module_pickles_for_spawned_processes(sd_folder):
 
 
 def test_guidance_batches_condition_and_negative_prompt(sd_folder):
-    module = build_foundation_module(sd_config(sd_folder))
+    module = build_module(sd_config(sd_folder))
     seen = []
     module.model.register_forward_pre_hook(lambda m, args: seen.append(args[2]))
     layout = box_layouts(4, NUM_CLASSES, seed=3)[[1, 3]]  # 1 and 3 objects
@@ -199,7 +202,7 @@ def test_guidance_batches_condition_and_negative_prompt(sd_folder):
 
 
 def test_dropped_captions_become_the_empty_prompt(sd_folder):
-    module = build_foundation_module(sd_config(sd_folder))
+    module = build_module(sd_config(sd_folder))
     cond = module.encode_condition({"caption": ["a cat", ""], "layout": box_layouts(2, NUM_CLASSES)}, 2)
     assert "caption" not in cond and cond["context"].shape == (2, 8, 32)
     torch.testing.assert_close(cond["context"][1], module.encode_condition(None, 1)["context"][0])
@@ -243,7 +246,7 @@ def test_noise_schedule_comes_from_the_foundation(sd_folder, tmp_path, caplog):
         merged = merge_diffusion(celeb, {"prediction": "v"})
     assert merged["prediction"] == "v" and "differs from the foundation's 'eps'" in caplog.text
     v_folder = save_sd_folder(tmp_path / "v", scheduler={**SD_SCHEDULER, "prediction_type": "v_prediction"})
-    assert build_foundation_module(sd_config(v_folder)).diffusion.prediction == "v"
+    assert build_module(sd_config(v_folder)).diffusion.prediction == "v"
 
 
 @pytest.mark.parametrize("name", ["cocostuff_sd15", "cocostuff_sd21", "vg", "cocostuff", "celebmask"])
@@ -255,7 +258,7 @@ def test_shipped_configs_fail_early_naming_the_missing_weights(name, tmp_path, m
     assert folder.parent == tmp_path / "pretrained"
     expected = "unet/diffusion_pytorch_model.safetensors" if config["adapt"]["foundation"] == "stable_diffusion" else "model.ckpt"
     with pytest.raises(FileNotFoundError, match=f"weights file .*not found: {folder / expected}.*download_pretrained_models.sh"):
-        build_foundation_module(config)
+        build_module(config)
     folder.mkdir(parents=True)
     if config["adapt"]["foundation"] == "stable_diffusion":  # the first missing file is named
         (folder / "unet").mkdir()
@@ -280,7 +283,7 @@ def test_foundation_config_schema(sd_folder):
     bad = copy.deepcopy(config)
     bad["diffusion"]["training"] = "DDPMTraining"
     with pytest.raises(ConfigError, match="use LatentDDPMTraining"):
-        build_foundation_module(bad)
+        build_module(bad)
 
 
 def test_single_file_weights_need_a_local_config_folder(tmp_path):
@@ -375,8 +378,8 @@ def to_ldm_vq(sd: dict, cfg: dict) -> dict:
     return out
 
 
-class LightningLeftover:
-    """Stands for the non-tensor objects a Lightning checkpoint pickles (callbacks, hparams)."""
+class Payload:
+    """An object of a class outside the data-container libraries: reading a checkpoint holding it is refused."""
 
     def __init__(self):
         self.payload = {"monitor": "val/loss"}
@@ -398,10 +401,27 @@ def ldm_folder(tmp_path_factory):
     state |= {f"first_stage_model.{k}": v for k, v in to_ldm_vq(vq.state_dict(), vq_cfg).items()}
     folder = tmp_path_factory.mktemp("pretrained") / "ldm-tiny"
     folder.mkdir()
-    torch.save({"state_dict": state, "epoch": 3, "callbacks": {"ckpt": LightningLeftover()}}, folder / "model.ckpt")
+    # the non-tensor objects a Lightning checkpoint pickles (hyper-parameter containers) are read as inert stand-ins
+    torch.save({"state_dict": state, "epoch": 3, "hyper_parameters": argparse.Namespace(lr=1e-4), "path": pathlib.PurePosixPath("x")},
+               folder / "model.ckpt")
     (folder / "config.yaml").write_text(yaml.safe_dump({"model": {"target": "ldm.models.diffusion.ddpm.LatentDiffusion",
                                                                   "params": TINY_LDM}}))
     return folder, unet, vq, unet_cfg, vq_cfg
+
+
+def test_foundation_kinds_are_one_class_each_and_recognise_their_folders(tmp_path):
+    from layoutdiffuse.sd.foundation import FOUNDATION_KINDS, detect_kind, foundation_kind
+    from layoutdiffuse.sd.spec import FOUNDATIONS
+
+    assert set(FOUNDATION_KINDS) == set(FOUNDATIONS)
+    assert {name: kind.downscale for name, kind in FOUNDATION_KINDS.items()} == {"stable_diffusion": 8, "ldm_text": 8, "ldm": 4}
+    assert all("download" in kind.download_hint or "folder" in kind.download_hint for kind in FOUNDATION_KINDS.values())
+    assert detect_kind(tmp_path, "UNet2DModel").name == "ldm"
+    assert detect_kind(tmp_path, "UNet2DConditionModel").name == "stable_diffusion"
+    (tmp_path / "bert").mkdir()
+    assert detect_kind(tmp_path, "UNet2DConditionModel").name == "ldm_text"
+    with pytest.raises(UserError, match="unknown foundation 'sdxl'; choose one of: stable_diffusion, ldm"):
+        foundation_kind("sdxl")
 
 
 def test_ldm_conversion_inverts_the_compvis_layout(ldm_folder):
@@ -427,12 +447,19 @@ def test_ldm_checkpoint_loads_without_executing_code(ldm_folder):
         assert torch.equal(loaded_vq(img).sample, vq(img).sample)
 
 
+def test_ldm_checkpoint_pickling_other_objects_is_refused_by_name(ldm_folder, tmp_path):
+    state = torch.load(ldm_folder[0] / "model.ckpt", weights_only=False)
+    torch.save({**state, "callbacks": {"ckpt": Payload()}}, tmp_path / "model.ckpt")
+    with pytest.raises(UserError, match=r"refused to unpickle \['test_latent.Payload'\]"):
+        load_ldm(tmp_path / "model.ckpt")
+
+
 def test_ldm_mask_layout_training_step(ldm_folder):
     folder = ldm_folder[0]
     config = sd_config(folder)
     config["adapt"] = {"foundation": "ldm", "path": str(folder),
                        "layout": {"num_classes": NUM_CLASSES, "levels": [1, 2], "embed_dim": 8, "num_task_prompts": 4, "mask": True}}
-    module = build_foundation_module(config)
+    module = build_module(config)
     assert module.image_shape == (3, 8, 8) and module.text_encoder is None and module.autoencoder.scale_factor == 1.0
     before = snapshot(module.model)
     loader = DataLoader(TinyLayoutCaptions(masks=True), batch_size=2, collate_fn=collate)

@@ -22,10 +22,15 @@ def module_name(path: Path) -> str:
 
 def imported_modules(path: Path, modules: set[str]) -> set[str]:
     """Every package module that ``path`` imports, at module level or inside a function."""
+    return imported_modules_of(ast.parse(path.read_text(), str(path)).body, path, modules)
+
+
+def imported_modules_of(nodes: list[ast.stmt], path: Path, modules: set[str]) -> set[str]:
+    """The package modules imported by the statements ``nodes`` of ``path`` (and everything inside them)."""
     name = module_name(path)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in (inner for top in nodes for inner in ast.walk(top)):
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -41,10 +46,25 @@ def imported_modules(path: Path, modules: set[str]) -> set[str]:
     return found
 
 
+#: imports up the layers allowed inside one function, each with its reason: Lightning's API puts
+#: ``load_from_checkpoint`` on the module class, and the loader sits above the training modules
+LATE_IMPORTS = {("layoutdiffuse.training.inference", "layoutdiffuse.factory"): "SamplingInterface.load_from_checkpoint"}
+
+
 def import_graph() -> dict[str, set[str]]:
     files = {module_name(p): p for p in PACKAGE.rglob("*.py")}
     modules = set(files)
-    return {name: imported_modules(path, modules) for name, path in files.items()}
+    graph = {name: imported_modules(path, modules) for name, path in files.items()}
+    for (source, target), function in LATE_IMPORTS.items():
+        tree = ast.parse(files[source].read_text())
+        name = function.rpartition(".")[2]
+        imports = [node for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))
+                   and target in imported_modules_of([node], files[source], modules)]
+        allowed = [node for fn in ast.walk(tree) if isinstance(fn, ast.FunctionDef) and fn.name == name
+                   for node in ast.walk(fn) if node in imports]
+        assert imports and len(allowed) == len(imports), f"{source} may import {target} only inside {function}"
+        graph[source].discard(target)
+    return graph
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -127,3 +147,24 @@ def test_every_top_level_name_resolves():
 
     missing = [name for name in layoutdiffuse.__all__ if getattr(layoutdiffuse, name, None) is None]
     assert not missing
+
+
+
+def upward_imports(graph: dict[str, set[str]], lower: str, upper: str) -> dict[str, list[str]]:
+    """The modules of package ``lower`` that import modules of package ``upper``, and what they import."""
+    found = {name: sorted(t for t in targets if t == upper or t.startswith(upper + "."))
+             for name, targets in graph.items() if name == lower or name.startswith(lower + ".")}
+    return {name: targets for name, targets in found.items() if targets}
+
+
+def test_the_layer_rule_sees_an_upward_import():
+    graph = {"p.sd.a": {"p.training.ddpm", "p.errors"}, "p.sd.b": {"p.sd.a"}, "p.training.ddpm": {"p.sd.b"}, "p.sdx": {"p.training"}}
+    assert upward_imports(graph, "p.sd", "p.training") == {"p.sd.a": ["p.training.ddpm"]}
+
+
+def test_foundations_sit_below_the_training_modules():
+    """``sd/`` (foundations: files, loading, the layout UNet) imports nothing from ``training/``; the
+    training module around a foundation is built by ``layoutdiffuse.factory``."""
+    graph = import_graph()
+    assert sum(name.startswith("layoutdiffuse.sd.") for name in graph) > 5
+    assert upward_imports(graph, "layoutdiffuse.sd", "layoutdiffuse.training") == {}

@@ -54,18 +54,18 @@ def evaluate_checkpoint(module: Any, nll: bool = False, fid: bool = False, layou
     if digits:
         from .digit_quality import digit_report
 
-        if getattr(module.model, "adaptor", None) is not None:
+        if module.is_layout_model:
             raise UserError("digits scores samples of an MNIST toy; for a layout model use layout")
-        count, classes = n or 100, getattr(module.model, "num_classes", None)
+        count, classes = n or 100, module.label_classes
         samples, seconds = timed_samples(module, count, sampler, steps, seed, batch_size, guidance=guidance)
-        opts = {**module.sampling_args, **{k: v for k, v in dict(sampler=sampler, steps=steps, guidance=guidance).items() if v is not None}}
+        opts = module.sampling_options(sampler=sampler, steps=steps, guidance=guidance)
         result["digits"] = {"sampler": opts["sampler"], "steps": opts.get("steps"), **({"guidance": opts["guidance"]} if classes else {}), "n": count,
                             **digit_report(samples, torch.arange(count) % classes if classes else None),
                             "seconds_per_image": round(seconds / count, 4)}
     if layout:
         from .layout_mnist import evaluate_layout_mnist
 
-        if getattr(module.model, "adaptor", None) is None:
+        if not module.is_layout_model:
             raise UserError("scoring layouts (--layout) needs a layout model (a UNet with a layout adaptor); this checkpoint has none")
         result["layout"] = evaluate_layout_mnist(module, n or 500, sampler, steps, guidance, data_root, seed, batch_size=min(batch_size, 100))
     return result

@@ -1,4 +1,4 @@
-"""A release checkpoint -> a ``.safetensors`` file that :func:`layoutdiffuse.experiment.load_checkpoint` reads.
+"""A release checkpoint -> a ``.safetensors`` file that :func:`layoutdiffuse.factory.load_checkpoint` reads.
 
 Without a foundation only the UNet is converted (the module is a
 :class:`~layoutdiffuse.training.ddpm.DDPMTraining` around it: ``module.model(x, t, cond)`` on latents,
@@ -27,8 +27,6 @@ RELEASE_SAMPLING = {"sampler": "plms", "steps": 20, "spacing": "ldm", "warmup": 
 #: diffusers UNet config fields that must agree between the release's model and a foundation's UNet
 ARCH_FIELDS = ("in_channels", "out_channels", "block_out_channels", "layers_per_block", "down_block_types", "up_block_types",
                "attention_head_dim", "cross_attention_dim", "transformer_layers_per_block", "resnet_time_scale_shift")
-#: latent downscale of each foundation's autoencoder (pixel size = latent size * factor)
-DOWNSCALE = {"stable_diffusion": 8, "ldm_text": 8, "ldm": 4}
 
 
 def class_names_of(spec: str | Sequence[str] | None, num_classes: int) -> list[str]:
@@ -61,15 +59,6 @@ def check_foundation_unet(release_unet: Mapping[str, Any], found: Mapping[str, A
                         "is it the foundation this checkpoint was trained from?")
 
 
-def _foundation_kind(release_unet_class: str, folder: Path) -> str:
-    if release_unet_class == "UNet2DModel":
-        return "ldm"
-    index = folder / "model_index.json"
-    if (folder / "bert").is_dir() or (index.is_file() and "LDMTextToImage" in index.read_text()):
-        return "ldm_text"  # the LAION text-to-image LDM (diffusers' ldm-text2im layout)
-    return "stable_diffusion"
-
-
 def build_converted_module(ckpt: str | Path, config: str | Path | Mapping[str, Any], foundation: str | Path | None = None,
                            class_names: str | Sequence[str] | None = None, guidance: float | None = None) -> Any:
     """The training module of a release checkpoint, ready to sample (see the module docstring)."""
@@ -85,46 +74,43 @@ def build_converted_module(ckpt: str | Path, config: str | Path | Mapping[str, A
     size = int(model_args.get("image_size", 64))
     names = class_names_of(class_names, layout["num_classes"])
     source = {"checkpoint": Path(ckpt).name, "model_args": model_args, "beta_schedule_args": release["beta_schedule_args"]}
+    from ..factory import build_module
+
+    cfg = {"expt_name": f"release-{Path(ckpt).stem}", "release": source}
     if foundation is None:
-        from ..training.ddpm import DDPMTraining
         from .model import build_release_unet
 
         model = build_release_unet(arch)
         model.load_state_dict(convert_release_unet(state, arch, model))
-        cfg = {"expt_name": f"release-{Path(ckpt).stem}", "diffusion": {**diffusion, "training": "DDPMTraining"},
-               "data": {"image_size": size}, "release": source}
-        process, kwargs = DDPMTraining.split_config(cfg["diffusion"])
-        module = DDPMTraining(model, diffusion=process, image_shape=(model_args["in_channels"], size, size), config=cfg, **kwargs)
+        cfg.update(diffusion={**diffusion, "training": "DDPMTraining"}, data={"image_size": size})
+        module = build_module(cfg, model=model, image_shape=(model_args["in_channels"], size, size), class_names=names)
     else:
-        from ..sd.foundation import build_foundation_module, check_foundation_files, resolve_path
+        from ..sd.foundation import detect_kind, resolve_path
         from ..sd.layout_unet import plain_config
 
         folder = resolve_path(foundation)
         if not folder.exists():
             raise MissingFileError(f"foundation {folder} does not exist")
-        kind = _foundation_kind(arch["unet_class"], folder)
-        check_foundation_files(kind, folder)
-        cfg = {"expt_name": f"release-{Path(ckpt).stem}",
-               "adapt": {"foundation": kind, "path": str(folder), "layout": layout},
-               "diffusion": {**diffusion, "training": "LatentDDPMTraining"},
-               "data": {"image_size": size * DOWNSCALE[kind]}, "release": source}
-        module = build_foundation_module(cfg)
+        kind = detect_kind(folder, arch["unet_class"])
+        kind.check_files(folder)
+        cfg.update(adapt={"foundation": kind.name, "path": str(folder), "layout": layout},
+                   diffusion={**diffusion, "training": "LatentDDPMTraining"}, data={"image_size": size * kind.downscale})
+        module = build_module(cfg, class_names=names)
         found_unet = plain_config(module.model.unet.config)
         check_foundation_unet(arch["unet"], found_unet, folder)
         if tuple(module.image_shape[1:]) != (size, size):
-            raise UserError(f"the foundation's latents are {tuple(module.image_shape[1:])} for {size * DOWNSCALE[kind]} px, "
+            raise UserError(f"the foundation's latents are {tuple(module.image_shape[1:])} for {size * kind.downscale} px, "
                             f"the release model's are {size}x{size}")
         fitted = {**arch, "unet": found_unet}
         with torch.no_grad():
             module.model.load_state_dict(convert_release_unet(state, fitted, module.model))
-    module.class_names = names
     return module.eval()
 
 
 def convert_release(ckpt: str | Path, config: str | Path | Mapping[str, Any], out: str | Path, foundation: str | Path | None = None,
                     class_names: str | Sequence[str] | None = None, guidance: float | None = None) -> Path:
     """Convert a release checkpoint and write it to ``out`` (``.safetensors``, float32, config inside)."""
-    from ..experiment import export_weights
+    from ..checkpoints import export_weights
 
     out = Path(out)
     if out.suffix != ".safetensors":

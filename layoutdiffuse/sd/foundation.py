@@ -1,4 +1,4 @@
-"""Loading foundational models and building the training module of an ``adapt.foundation`` config.
+"""Foundational models: one class per kind (file checks, loading, download hint, latent downscale).
 
     "adapt": {"foundation": "stable_diffusion",
               "path": "$LAYOUTDIFFUSE_DATA/pretrained/stable-diffusion-v1-5",
@@ -27,7 +27,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 from torch import nn
 
@@ -42,13 +42,6 @@ log = logging.getLogger(__name__)
 DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin",
                      "diffusion_pytorch_model.fp16.safetensors", "diffusion_pytorch_model.fp16.bin")
 TRANSFORMERS_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.fp16.safetensors", "pytorch_model.fp16.bin")
-DOWNLOAD_HINT = {
-    "stable_diffusion": "download it with `bash data_scripts/download_pretrained_models.sh sd15` (or sd21)",
-    "ldm": "download it with `bash data_scripts/download_pretrained_models.sh ldm-celebahq`",
-    "ldm_text": "it is the diffusers folder of CompVis/ldm-text2im-large-256 (unet/, vqvae/, bert/, tokenizer/, scheduler/)",
-}
-#: the LAION text-to-image LDM's diffusers folder: subfolder -> weight file names
-LDM_TEXT_PARTS = {"unet": DIFFUSERS_WEIGHTS, "vqvae": DIFFUSERS_WEIGHTS, "bert": TRANSFORMERS_WEIGHTS}
 
 
 @dataclass
@@ -71,116 +64,192 @@ def resolve_path(path: str | os.PathLike) -> Path:
     return Path(os.path.expandvars(text)).expanduser()
 
 
-# --- file checks (fail before building anything) ---------------------------------------------------
+# --- the kinds --------------------------------------------------------------------------------------
 
-def _need(path: Path, kind: str, what: str) -> None:
-    raise MissingFileError(f"{kind} foundation: {what} not found: {path}; {DOWNLOAD_HINT[kind]}")
+class FoundationKind:
+    """One kind of foundation (``adapt.foundation``): where its files are, how it loads, what to
+    download, and its autoencoder's latent downscale (pixel size = latent size * ``downscale``)."""
+
+    name: ClassVar[str]
+    download_hint: ClassVar[str]
+    downscale: ClassVar[int]
+
+    def missing(self, path: Path, what: str) -> MissingFileError:
+        return MissingFileError(f"{self.name} foundation: {what} not found: {path}; {self.download_hint}")
+
+    def need_parts(self, folder: Path, parts: Mapping[str, tuple[str, ...]]) -> None:
+        """Each subfolder's ``config.json`` and one of its weight files, or the first missing one named."""
+        for sub, names in parts.items():
+            if not (folder / sub / "config.json").exists():
+                raise self.missing(folder / sub / "config.json", f"{sub} config")
+            if not any((folder / sub / n).exists() for n in names):
+                raise self.missing(folder / sub / names[0], f"{sub} weights file")
+
+    def need_scheduler(self, folder: Path) -> None:
+        if not (folder / "scheduler" / "scheduler_config.json").exists():
+            raise self.missing(folder / "scheduler" / "scheduler_config.json", "scheduler config (noise schedule and prediction type)")
+
+    def check_files(self, path: str | os.PathLike, config: str | os.PathLike | None = None) -> Path:
+        """Check that the weight files exist (a :class:`MissingFileError` names the first missing
+        one) before anything is built. Returns the resolved path."""
+        raise NotImplementedError
+
+    def load(self, path: str | os.PathLike, config: str | os.PathLike | None = None, scale_factor: float | None = None,
+             sample_posterior: bool = True) -> Foundation:
+        """UNet, frozen autoencoder, frozen text encoder + tokenizer (text foundations) and noise schedule."""
+        raise NotImplementedError
+
+    def matches(self, folder: Path, unet_class: str) -> bool:
+        """True when ``folder`` (with a release model whose UNet is ``unet_class``) is this kind."""
+        raise NotImplementedError
+
+    def from_text_folder(self, p: Path, autoencoder: str, text_encoder: tuple[Any, str], tokenizer: Any,
+                         scale_factor: float | None, sample_posterior: bool) -> Foundation:
+        """A text foundation's diffusers folder: ``unet/``, the ``autoencoder`` subfolder (a KL autoencoder),
+        ``text_encoder = (class, subfolder)``, ``tokenizer/`` read by the ``tokenizer`` class, ``scheduler/``."""
+        diffusers = require_diffusers()
+        unet = diffusers.UNet2DConditionModel.from_pretrained(p, subfolder="unet", local_files_only=True)
+        vae = diffusers.AutoencoderKL.from_pretrained(p, subfolder=autoencoder, local_files_only=True)
+        encoder = text_encoder[0].from_pretrained(p / text_encoder[1], local_files_only=True)
+        schedule = diffusion_from_scheduler(json.loads((p / "scheduler" / "scheduler_config.json").read_text()))
+        return self.assembled(p, unet, vae, encoder, tokenizer.from_pretrained(p / "tokenizer", local_files_only=True), schedule,
+                              scale_factor, sample_posterior)
+
+    def assembled(self, p: Path, unet: nn.Module, vae: nn.Module, text_encoder: nn.Module, tokenizer: Any, schedule: dict[str, Any],
+                  scale_factor: float | None, sample_posterior: bool) -> Foundation:
+        log.info("loaded %s foundation %s (%s, %.0fM UNet parameters)", self.name, p, schedule, sum(t.numel() for t in unet.parameters()) / 1e6)
+        text_encoder.requires_grad_(False)
+        autoencoder = Autoencoder(vae, scale_factor=scale_factor, sample_posterior=sample_posterior)
+        return Foundation(self.name, unet, autoencoder, text_encoder.eval(), tokenizer, schedule, p)
 
 
-def _need_one(folder: Path, names: tuple[str, ...], kind: str, what: str) -> None:
-    if not any((folder / n).exists() for n in names):
-        _need(folder / names[0], kind, what)
+class StableDiffusion(FoundationKind):
+    """A diffusers folder (``unet/``, ``vae/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/``), or one
+    original ``.ckpt`` / ``.safetensors`` file with ``config`` (a local diffusers folder of component configs)."""
 
+    name, downscale = "stable_diffusion", 8
+    download_hint = "download it with `bash data_scripts/download_pretrained_models.sh sd15` (or sd21)"
+    PARTS = {"unet": DIFFUSERS_WEIGHTS, "vae": DIFFUSERS_WEIGHTS, "text_encoder": TRANSFORMERS_WEIGHTS}
 
-def check_foundation_files(kind: str, path: str | os.PathLike, config: str | os.PathLike | None = None) -> Path:
-    """Check that the weight files of a foundation exist; ``FileNotFoundError`` names the first missing
-    one. Returns the resolved path."""
-    if kind not in FOUNDATIONS:
-        raise UserError(f"unknown foundation '{kind}'; choose one of: {', '.join(FOUNDATIONS)}")
-    p = resolve_path(path)
-    if kind == "stable_diffusion":
+    def check_files(self, path: str | os.PathLike, config: str | os.PathLike | None = None) -> Path:
+        p = resolve_path(path)
         if p.suffix in (".ckpt", ".safetensors"):
             if not p.exists():
-                _need(p, kind, "weights file")
+                raise self.missing(p, "weights file")
             if config is None:
                 raise UserError(f"single-file Stable Diffusion weights ({p}) need adapt.config: a local diffusers folder with the "
-                                 "component configs (model_index.json, unet/config.json, ...); no model hub is reached")
+                                "component configs (model_index.json, unet/config.json, ...); no model hub is reached")
             if not resolve_path(config).is_dir():
-                _need(resolve_path(config), kind, "adapt.config folder")
+                raise self.missing(resolve_path(config), "adapt.config folder")
             return p
         if not p.is_dir():
-            _need(p / "unet" / DIFFUSERS_WEIGHTS[0], kind,
-                  f"weights file (no diffusers folder with unet/, vae/, text_encoder/, tokenizer/, scheduler/ at {p})")
-        for sub, names in (("unet", DIFFUSERS_WEIGHTS), ("vae", DIFFUSERS_WEIGHTS), ("text_encoder", TRANSFORMERS_WEIGHTS)):
-            if not (p / sub / "config.json").exists():
-                _need(p / sub / "config.json", kind, f"{sub} config")
-            _need_one(p / sub, names, kind, f"{sub} weights file")
+            raise self.missing(p / "unet" / DIFFUSERS_WEIGHTS[0],
+                               f"weights file (no diffusers folder with unet/, vae/, text_encoder/, tokenizer/, scheduler/ at {p})")
+        self.need_parts(p, self.PARTS)
         if not ((p / "tokenizer" / "tokenizer.json").exists() or (p / "tokenizer" / "vocab.json").exists()):
-            _need(p / "tokenizer" / "vocab.json", kind, "tokenizer vocabulary")
-        if not (p / "scheduler" / "scheduler_config.json").exists():
-            _need(p / "scheduler" / "scheduler_config.json", kind, "scheduler config (noise schedule and prediction type)")
+            raise self.missing(p / "tokenizer" / "vocab.json", "tokenizer vocabulary")
+        self.need_scheduler(p)
         return p
-    if kind == "ldm_text":
-        for sub, names in LDM_TEXT_PARTS.items():
-            if not (p / sub / "config.json").exists():
-                _need(p / sub / "config.json", kind, f"{sub} config")
-            _need_one(p / sub, names, kind, f"{sub} weights file")
-        if not (p / "tokenizer" / "vocab.txt").exists():
-            _need(p / "tokenizer" / "vocab.txt", kind, "BERT tokenizer vocabulary")
-        if not (p / "scheduler" / "scheduler_config.json").exists():
-            _need(p / "scheduler" / "scheduler_config.json", kind, "scheduler config (noise schedule and prediction type)")
-        return p
-    # ldm
-    if p.is_dir() and (p / "unet" / "config.json").exists():
-        _need_one(p / "unet", DIFFUSERS_WEIGHTS, kind, "unet weights file")
-        if not (p / "vqvae" / "config.json").exists():
-            _need(p / "vqvae" / "config.json", kind, "vqvae config")
-        _need_one(p / "vqvae", DIFFUSERS_WEIGHTS, kind, "vqvae weights file")
-        return p
-    ckpt = p / "model.ckpt" if p.is_dir() or not p.suffix else p
-    if not ckpt.exists():
-        _need(ckpt, kind, "weights file")
-    return p
 
-
-# --- loading -----------------------------------------------------------------------------------------
-
-def load_foundation(kind: str, path: str | os.PathLike, config: str | os.PathLike | None = None,
-                    scale_factor: float | None = None, sample_posterior: bool = True) -> Foundation:
-    """Load a foundation's UNet, frozen autoencoder, frozen text encoder + tokenizer (text foundations)
-    and noise schedule."""
-    p = check_foundation_files(kind, path, config)
-    diffusers = require_diffusers()
-    if kind == "stable_diffusion":
+    def load(self, path: str | os.PathLike, config: str | os.PathLike | None = None, scale_factor: float | None = None,
+             sample_posterior: bool = True) -> Foundation:
+        p = self.check_files(path, config)
         if p.is_file():
-            pipe = diffusers.StableDiffusionPipeline.from_single_file(str(p), config=str(resolve_path(config)), local_files_only=True,
-                                                                      load_safety_checker=False)
-            unet, vae, text_encoder, tokenizer = pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer
-            schedule = diffusion_from_scheduler(pipe.scheduler.config)
-        else:
-            from transformers import CLIPTextModel, CLIPTokenizer
+            pipe = require_diffusers().StableDiffusionPipeline.from_single_file(str(p), config=str(resolve_path(config)),
+                                                                               local_files_only=True, load_safety_checker=False)
+            return self.assembled(p, pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, diffusion_from_scheduler(pipe.scheduler.config),
+                                  scale_factor, sample_posterior)
+        from transformers import CLIPTextModel, CLIPTokenizer
 
-            unet = diffusers.UNet2DConditionModel.from_pretrained(p, subfolder="unet", local_files_only=True)
-            vae = diffusers.AutoencoderKL.from_pretrained(p, subfolder="vae", local_files_only=True)
-            text_encoder = CLIPTextModel.from_pretrained(p / "text_encoder", local_files_only=True)
-            tokenizer = CLIPTokenizer.from_pretrained(p / "tokenizer", local_files_only=True)
-            schedule = diffusion_from_scheduler(json.loads((p / "scheduler" / "scheduler_config.json").read_text()))
-        autoencoder = Autoencoder(vae, scale_factor=scale_factor, sample_posterior=sample_posterior)
-        text_encoder.requires_grad_(False)
-        text_encoder.eval()
-        log.info("loaded Stable Diffusion foundation %s (%s, %.0fM UNet parameters)", p, schedule,
-                 sum(t.numel() for t in unet.parameters()) / 1e6)
-        return Foundation(kind, unet, autoencoder, text_encoder, tokenizer, schedule, p)
-    if kind == "ldm_text":
+        return self.from_text_folder(p, "vae", (CLIPTextModel, "text_encoder"), CLIPTokenizer, scale_factor, sample_posterior)
+
+    def matches(self, folder: Path, unet_class: str) -> bool:
+        return unet_class != "UNet2DModel" and not LDMText().matches(folder, unet_class)
+
+
+class LDMText(FoundationKind):
+    """The LAION text-to-image LDM: the diffusers folder of ``CompVis/ldm-text2im-large-256``."""
+
+    name, downscale = "ldm_text", 8
+    download_hint = "it is the diffusers folder of CompVis/ldm-text2im-large-256 (unet/, vqvae/, bert/, tokenizer/, scheduler/)"
+    PARTS = {"unet": DIFFUSERS_WEIGHTS, "vqvae": DIFFUSERS_WEIGHTS, "bert": TRANSFORMERS_WEIGHTS}
+
+    def check_files(self, path: str | os.PathLike, config: str | os.PathLike | None = None) -> Path:
+        p = resolve_path(path)
+        self.need_parts(p, self.PARTS)
+        if not (p / "tokenizer" / "vocab.txt").exists():
+            raise self.missing(p / "tokenizer" / "vocab.txt", "BERT tokenizer vocabulary")
+        self.need_scheduler(p)
+        return p
+
+    def load(self, path: str | os.PathLike, config: str | os.PathLike | None = None, scale_factor: float | None = None,
+             sample_posterior: bool = True) -> Foundation:
         from diffusers.pipelines.latent_diffusion.pipeline_latent_diffusion import LDMBertModel
         from transformers import BertTokenizer
 
-        unet = diffusers.UNet2DConditionModel.from_pretrained(p, subfolder="unet", local_files_only=True)
-        vae = diffusers.AutoencoderKL.from_pretrained(p, subfolder="vqvae", local_files_only=True)
-        text_encoder = LDMBertModel.from_pretrained(p / "bert", local_files_only=True)
-        tokenizer = BertTokenizer.from_pretrained(p / "tokenizer", local_files_only=True)
-        text_encoder.requires_grad_(False)
-        text_encoder.eval()
-        schedule = diffusion_from_scheduler(json.loads((p / "scheduler" / "scheduler_config.json").read_text()))
-        log.info("loaded LAION text-to-image LDM foundation %s (%s)", p, schedule)
-        return Foundation(kind, unet, Autoencoder(vae, scale_factor=scale_factor, sample_posterior=sample_posterior), text_encoder,
-                          tokenizer, schedule, p)
-    from .ldm import load_ldm
+        return self.from_text_folder(self.check_files(path, config), "vqvae", (LDMBertModel, "bert"), BertTokenizer, scale_factor,
+                                     sample_posterior)
 
-    unet, vq, schedule, scale = load_ldm(p)
-    autoencoder = Autoencoder(vq, scale_factor=scale if scale_factor is None else scale_factor)
-    log.info("loaded LDM foundation %s (%s, latent scale %s)", p, schedule, autoencoder.scale_factor)
-    return Foundation(kind, unet, autoencoder, None, None, schedule, p)
+    def matches(self, folder: Path, unet_class: str) -> bool:
+        index = folder / "model_index.json"
+        return unet_class != "UNet2DModel" and ((folder / "bert").is_dir() or (index.is_file() and "LDMTextToImage" in index.read_text()))
+
+
+class LDM(FoundationKind):
+    """An unconditional LDM (CelebA-HQ): the CompVis ``model.ckpt`` + ``config.yaml`` folder, or a
+    diffusers folder (``unet/``, ``vqvae/``); see :mod:`layoutdiffuse.sd.ldm`."""
+
+    name, downscale = "ldm", 4
+    download_hint = "download it with `bash data_scripts/download_pretrained_models.sh ldm-celebahq`"
+
+    def check_files(self, path: str | os.PathLike, config: str | os.PathLike | None = None) -> Path:
+        p = resolve_path(path)
+        if p.is_dir() and (p / "unet" / "config.json").exists():
+            self.need_parts(p, {"unet": DIFFUSERS_WEIGHTS, "vqvae": DIFFUSERS_WEIGHTS})
+            return p
+        ckpt = p / "model.ckpt" if p.is_dir() or not p.suffix else p
+        if not ckpt.exists():
+            raise self.missing(ckpt, "weights file")
+        return p
+
+    def load(self, path: str | os.PathLike, config: str | os.PathLike | None = None, scale_factor: float | None = None,
+             sample_posterior: bool = True) -> Foundation:
+        from .ldm import load_ldm
+
+        unet, vq, schedule, scale = load_ldm(self.check_files(path, config))
+        autoencoder = Autoencoder(vq, scale_factor=scale if scale_factor is None else scale_factor)
+        log.info("loaded LDM foundation %s (%s, latent scale %s)", path, schedule, autoencoder.scale_factor)
+        return Foundation(self.name, unet, autoencoder, None, None, schedule, resolve_path(path))
+
+    def matches(self, folder: Path, unet_class: str) -> bool:
+        return unet_class == "UNet2DModel"
+
+
+#: the foundation kinds by ``adapt.foundation`` name
+FOUNDATION_KINDS: dict[str, FoundationKind] = {kind.name: kind for kind in (StableDiffusion(), LDM(), LDMText())}
+
+
+def foundation_kind(name: str) -> FoundationKind:
+    """The kind named ``name`` (``adapt.foundation``), or one line naming the kinds there are."""
+    if name not in FOUNDATION_KINDS:
+        raise UserError(f"unknown foundation '{name}'; choose one of: {', '.join(FOUNDATIONS)}")
+    return FOUNDATION_KINDS[name]
+
+
+def detect_kind(folder: Path, unet_class: str) -> FoundationKind:
+    """The kind of the foundation folder of a release model whose UNet is ``unet_class``."""
+    return next(kind for kind in FOUNDATION_KINDS.values() if kind.matches(folder, unet_class))
+
+
+def check_foundation_files(kind: str, path: str | os.PathLike, config: str | os.PathLike | None = None) -> Path:
+    """:meth:`FoundationKind.check_files` of the kind named ``kind``."""
+    return foundation_kind(kind).check_files(path, config)
+
+
+def load_foundation(kind: str, path: str | os.PathLike, config: str | os.PathLike | None = None,
+                    scale_factor: float | None = None, sample_posterior: bool = True) -> Foundation:
+    """:meth:`FoundationKind.load` of the kind named ``kind``."""
+    return foundation_kind(kind).load(path, config, scale_factor, sample_posterior)
 
 
 def merge_diffusion(foundation: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
@@ -191,38 +260,3 @@ def merge_diffusion(foundation: Mapping[str, Any], given: Mapping[str, Any]) -> 
             log.warning("diffusion.%s=%r differs from the foundation's %r; training with %r", key, value, foundation[key], value)
         out[key] = value
     return out
-
-
-def build_foundation_module(config: Mapping[str, Any], architecture: Mapping[str, Any] | None = None) -> Any:
-    """The training module of an ``adapt.foundation`` config: the foundation loaded, the adaptor
-    inserted (:class:`~layoutdiffuse.sd.layout_unet.LayoutDiffusersUNet`), wrapped in the latent training
-    module named by ``diffusion.training`` (a :class:`~layoutdiffuse.training.latent.LatentDDPMTraining`).
-
-    ``architecture``: the ``model`` entry of a checkpoint (rebuilding a trained module: the frozen
-    parts come from the foundation, the UNet architecture must match the stored one).
-    """
-    from ..schema import ConfigError
-    from ..training.latent import LatentDDPMTraining
-    from ..training.registry import TRAININGS
-    from .layout_unet import LayoutDiffusersUNet, plain_config
-
-    spec = config["adapt"]
-    cls = TRAININGS.get(config["diffusion"].get("training", "LatentDDPMTraining"))
-    if not (isinstance(cls, type) and issubclass(cls, LatentDDPMTraining)):
-        raise ConfigError(f"config key 'diffusion.training': a foundation model trains in latent space; use LatentDDPMTraining "
-                          f"(or a subclass), got {config['diffusion'].get('training')!r}")
-    found = load_foundation(spec["foundation"], spec["path"], spec.get("config"), spec.get("scale_factor"), spec.get("sample_posterior", True))
-    if architecture is not None and plain_config(found.unet.config) != dict(architecture.get("unet", {})):
-        raise UserError(f"the checkpoint's UNet architecture differs from the foundation at {found.source}; "
-                         "was it trained from another foundation?")
-    model = LayoutDiffusersUNet(found.unet, spec["layout"], foundation=spec["foundation"])
-    if spec.get("gradient_checkpointing"):
-        model.enable_gradient_checkpointing()
-    process, kwargs = cls.split_config(config["diffusion"])
-    process = merge_diffusion(found.diffusion, process)
-    size = config["data"].get("image_size")
-    if size is None:
-        raise ConfigError("config key 'data.image_size' is needed to size the latents of a foundation model")
-    image_shape = found.autoencoder.latent_shape(int(size))
-    return cls(model, autoencoder=found.autoencoder, text_encoder=found.text_encoder, tokenizer=found.tokenizer, diffusion=process,
-               image_shape=image_shape, seed=config.get("seed", 0), config=dict(config), **kwargs)

@@ -22,6 +22,7 @@ from typing import Any, Mapping
 import torch
 
 from ..errors import StateDictError, UserError
+from ..release.checkpoint import read_release_state_dict
 from ..state_dicts import state_dict_mismatch
 from .schedules import diffusion_from_ldm, diffusion_from_scheduler
 
@@ -211,30 +212,15 @@ def convert_ldm_vq(sd: Mapping[str, torch.Tensor], config: Mapping[str, Any]) ->
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """The ``state_dict`` of a Lightning ``.ckpt`` (or a bare state dict; ``.safetensors`` too), read
-    without executing code: ``torch.load(weights_only=True)``, with inert stand-ins for the classes
-    such checkpoints pickle besides tensors (callbacks, hyper-parameter containers)."""
+    without executing code by the project's one safe reader
+    (:func:`layoutdiffuse.release.checkpoint.read_release_state_dict`): tensors and plain data, the
+    data-container classes of Lightning / omegaconf / numpy as inert stand-ins, anything else refused by name."""
     path = Path(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    import torch.serialization as ser
-
-    try:
-        unsafe = ser.get_unsafe_globals_in_checkpoint(str(path))
-    except Exception as err:
-        raise UserError(f"{path} is not a readable torch checkpoint (corrupted or incomplete download?): {err}") from err
-    stubs = []
-    for name in unsafe:
-        module, _, qual = name.rpartition(".")
-        stubs.append(type(qual, (), {"__module__": module, "__qualname__": qual, "__init__": lambda self, *a, **k: None,
-                                     "__setstate__": lambda self, state: None}))
-    with ser.safe_globals(stubs):
-        ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
-    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
-    if not isinstance(state, dict):
-        raise UserError(f"{path} holds no state dict")
-    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    return read_release_state_dict(path)
 
 
 def _ema_unet(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:

@@ -28,7 +28,7 @@ CALLBACK_KEYS = {
 def checkpoint_meta(module: pl.LightningModule) -> dict[str, Any]:
     """What a checkpoint needs to rebuild its module: config, architecture, image shape, class names."""
     return {"config": module.config, "model": module.model.config, "image_shape": list(module.image_shape),
-            "class_names": list(getattr(module, "class_names", None) or [])}
+            "class_names": list(module.class_names)}
 
 
 class SaveConfig(pl.Callback):

@@ -14,10 +14,9 @@ run would.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from functools import partial
-from typing import Any, Iterator
+from typing import Any, Sequence
 
 import pytorch_lightning as pl
 import torch
@@ -25,10 +24,10 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 from ..conditions import CONDITIONS
-from ..diffusion import GaussianDiffusion, classifier_free_guidance, conditioned, make_sampler
-from ..diffusion.gaussian import ModelFn
-from ..diffusion.guidance import check_guidance, class_labels, drop_condition, null_condition
+from ..diffusion import GaussianDiffusion, conditioned
+from ..diffusion.guidance import drop_condition
 from ..errors import UserError
+from .inference import SamplingInterface, evaluating  # noqa: F401 (evaluating: public here too)
 from .progress import training_fraction
 
 
@@ -52,24 +51,13 @@ def min_snr_weights(diffusion: GaussianDiffusion, t: torch.Tensor, gamma: float)
 MODE_OFFSETS = {"train": 0, "val": 1, "test": 2}
 
 
-@contextlib.contextmanager
-def evaluating(model: nn.Module) -> Iterator[nn.Module]:
-    """``model`` in eval mode inside the block, its previous mode restored however the block ends."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
-
-
 def ema_multi_avg(decay: float, averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
     """EMA update ``avg <- decay * avg + (1 - decay) * current`` for ``AveragedModel`` (picklable, so
     ``ddp_spawn`` can ship the module)."""
     torch._foreach_lerp_(averaged, current, 1 - decay)
 
 
-class DDPMTraining(pl.LightningModule):
+class DDPMTraining(SamplingInterface, pl.LightningModule):
     """Train ``denoising_model`` as a DDPM.
 
     Args:
@@ -91,6 +79,11 @@ class DDPMTraining(pl.LightningModule):
         sampling: default sampler options ``{"sampler", "steps", "clip", "guidance", ...}``.
         seed: base seed of the per-step generators.
         config: the full experiment config, stored in checkpoints so they rebuild themselves.
+        class_names: the names of the layout classes (stored in checkpoints; see :attr:`label_names`).
+
+    The inference interface every caller uses (sampling, editing, the widget, evaluation):
+    :attr:`is_layout_model`, :attr:`is_text_model`, :attr:`is_latent_model`, :attr:`label_classes`,
+    :attr:`label_names`, :meth:`prepare_sampling`, :meth:`sample`, :meth:`to_inference`.
     """
 
     def __init__(
@@ -107,6 +100,7 @@ class DDPMTraining(pl.LightningModule):
         config: dict[str, Any] | None = None,
         loss_weighting: str = "uniform",
         min_snr_gamma: float = 5.0,
+        class_names: Sequence[str] | None = None,
     ):
         super().__init__()
         self.model = denoising_model
@@ -125,6 +119,7 @@ class DDPMTraining(pl.LightningModule):
         self.loss_weighting, self.min_snr_gamma = loss_weighting, float(min_snr_gamma)
         self.seed = seed
         self.config = config or {}
+        self.class_names: list[str] = list(class_names or [])
         self.ema = AveragedModel(self.model, multi_avg_fn=partial(ema_multi_avg, ema_decay), use_buffers=True) if ema_decay > 0 else None
         if self.ema is not None:
             self.ema.requires_grad_(False)
@@ -141,7 +136,7 @@ class DDPMTraining(pl.LightningModule):
         """
         from ..schema import signature_defaults
 
-        skip = ("denoising_model", "diffusion", "image_shape", "seed", "config")
+        skip = ("denoising_model", "diffusion", "image_shape", "seed", "config", "class_names")
         keys: dict[str, Any] = {}
         for klass in reversed([k for k in cls.__mro__ if issubclass(k, DDPMTraining)]):
             keys.update(signature_defaults(klass.__init__, skip=skip))
@@ -257,43 +252,3 @@ class DDPMTraining(pl.LightningModule):
         from ..adapt import param_groups
 
         return param_groups(self.model, mode=args["train"], lr=args["lr"], adaptor_lr=args["adaptor_lr"])
-
-    # --- sampling ----------------------------------------------------------------------------
-    @property
-    def sampling_model(self) -> nn.Module:
-        """The EMA weights when kept, else the live model."""
-        return self.ema.module if self.ema is not None else self.model
-
-    @torch.no_grad()
-    def sample(
-        self,
-        n: int,
-        cond: dict[str, Any] | None = None,
-        generator: torch.Generator | None = None,
-        progress: bool = False,
-        use_ema: bool = True,
-        **overrides: Any,
-    ) -> torch.Tensor:
-        """Draw ``n`` images ``(n, C, H, W)`` in [-1, 1].
-
-        ``overrides`` replace the default sampling options: ``sampler`` (a registered name),
-        ``steps``, ``guidance`` (classifier-free scale, needs ``cond``), ``clip``, ``eta``, ...
-        A class-conditional model given no ``cond`` draws image ``i`` of class ``i % num_classes``.
-        """
-        opts = {**self.sampling_args, **overrides}
-        if cond is None and getattr(self.model, "num_classes", None):
-            cond = {k: v.to(self.device) for k, v in class_labels(n, self.model.num_classes).items()}
-        name, guidance = opts.pop("sampler"), check_guidance(opts.pop("guidance"))
-        model = self.sampling_model if use_ema else self.model
-        model_fn = self.guided_model_fn(model, cond, guidance)
-        sampler = make_sampler(name, self.diffusion, **opts)
-        with evaluating(model):
-            images = sampler.sample(model_fn, (n, *self.image_shape), generator=generator, progress=progress, device=self.device)
-        return images.clamp(-1, 1)
-
-    def guided_model_fn(self, model: nn.Module, cond: dict[str, Any] | None, guidance: float) -> ModelFn:
-        """``model_fn(x_t, t)`` for a sampler: ``model`` conditioned on ``cond``, with classifier-free
-        guidance of scale ``guidance`` (the unconditional branch gets the null condition)."""
-        if cond is not None and guidance != 1:
-            return classifier_free_guidance(model, cond, null_condition(cond), guidance, pred_channels=self.image_shape[0])
-        return conditioned(model, cond)

@@ -4,7 +4,8 @@ The Stable Diffusion / LDM recipe: images are encoded (no gradient) to scaled la
 diffusion runs there, samples are decoded. For text foundations the captions are encoded by the
 frozen text encoder after condition dropout, so a dropped caption is the empty string, exactly
 the unconditional input Stable Diffusion was trained with. Classifier-free guidance drops / nulls
-the layout *and* the caption together; :meth:`LatentDDPMTraining.sample` also takes negative prompts.
+the layout *and* the caption together; sampling (:meth:`~layoutdiffuse.training.ddpm.DDPMTraining.sample`)
+also takes negative prompts.
 
 The autoencoder and text encoder are always frozen, never in the optimizer, never in EMA, kept in
 eval mode, and left out of checkpoints (they are reloaded from the foundation). Latents may be
@@ -18,9 +19,8 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from ..diffusion import classifier_free_guidance, conditioned, make_sampler
-from ..diffusion.guidance import check_guidance, null_condition
-from .ddpm import DDPMTraining, evaluating
+from ..diffusion.guidance import null_condition
+from .ddpm import DDPMTraining
 from ..errors import UserError
 
 log = logging.getLogger(__name__)
@@ -127,9 +127,11 @@ class LatentDDPMTraining(DDPMTraining):
         return z
 
     @torch.no_grad()
-    def decode_latents(self, z: torch.Tensor) -> torch.Tensor:
-        """Scaled latents -> images in [-1, 1]."""
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Scaled latents ``(B, c, h, w)`` -> images ``(B, C, H, W)`` in [-1, 1], float32."""
         return self.autoencoder.decode(z).clamp(-1, 1)
+
+    decode_latents = decode
 
     def process_batch(self, batch: Any, mode: str = "train") -> dict[str, Any]:
         """The base batch handling, then ``x0`` = the latents of ``image``."""
@@ -169,44 +171,38 @@ class LatentDDPMTraining(DDPMTraining):
     def compute_losses(self, x0: torch.Tensor, t: torch.Tensor, cond: dict[str, Any] | None, noise: torch.Tensor) -> dict[str, torch.Tensor]:
         return super().compute_losses(x0, t, self.encode_condition(cond, x0.shape[0]), noise)
 
-    # --- sampling ----------------------------------------------------------------------------------
-    @torch.no_grad()
-    def sample(
-        self,
-        n: int,
-        cond: dict[str, Any] | None = None,
-        generator: torch.Generator | None = None,
-        progress: bool = False,
-        use_ema: bool = True,
-        negative_prompt: str | Sequence[str] | None = None,
-        decode: bool = True,
-        **overrides: Any,
-    ) -> torch.Tensor:
-        """Draw ``n`` images ``(n, 3, H, W)`` in [-1, 1] (``decode=False``: the latents).
+    # --- the inference interface -------------------------------------------------------------------
+    @property
+    def is_text_model(self) -> bool:
+        return self.text_encoder is not None
 
-        ``cond``: ``{"layout": (n, N, 5)}`` / ``{"mask": (n, H, W)}``, ``"caption": [n str]``.
-        With ``guidance`` s != 1: ``eps = eps_u + s (eps_c - eps_u)``, the unconditional branch having
-        the empty layout and the empty caption -- or ``negative_prompt`` (one string or ``n``).
-        ``overrides``: sampler options as in :meth:`DDPMTraining.sample` (``sampler``, ``steps``, ``eta``, ...).
-        """
-        opts = {**self.sampling_args, **overrides}
-        name, guidance = opts.pop("sampler"), check_guidance(opts.pop("guidance"))
+    @property
+    def is_latent_model(self) -> bool:
+        return True
+
+    def precision_parts(self) -> list[nn.Module]:
+        """The denoiser, its EMA copy, the text encoder, and the autoencoder unless its config says it
+        must run in float32 (``force_upcast``)."""
+        parts = [self.text_encoder] + ([] if self.autoencoder.upcast else [self.autoencoder])
+        return super().precision_parts() + [p for p in parts if p is not None]
+
+    def sampling_options(self, **overrides: Any) -> dict[str, Any]:
+        opts = super().sampling_options(**overrides)
         if opts.get("clip"):
             log.warning("clip=True ignored: latents are not in [-1, 1] (decoded images are clamped)")
             opts["clip"] = False
-        model = self.sampling_model if use_ema else self.model
+        return opts
+
+    def sampling_conditions(self, n: int, cond: dict[str, Any] | None, guidance: float,
+                            negative_prompt: str | Sequence[str] | None = None) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """``cond`` and its null (the empty layout and the empty caption -- or ``negative_prompt``, one
+        string or ``n``) with captions encoded by the text encoder."""
         cond = dict(cond or {})
         if negative_prompt is not None and self.text_encoder is None:
             raise UserError("negative_prompt needs a text foundation (this model has no text encoder)")
-        if guidance != 1:
-            null = null_condition(cond)
-            if negative_prompt is not None:
-                null["caption"] = [negative_prompt] * n if isinstance(negative_prompt, str) else list(negative_prompt)
-            model_fn = classifier_free_guidance(model, self.encode_condition(cond, n) or {}, self.encode_condition(null, n) or {},
-                                                guidance, pred_channels=self.image_shape[0])
-        else:
-            model_fn = conditioned(model, self.encode_condition(cond, n))
-        sampler = make_sampler(name, self.diffusion, **opts)
-        with evaluating(model):
-            z = sampler.sample(model_fn, (n, *self.image_shape), generator=generator, progress=progress, device=self.device)
-        return self.decode_latents(z) if decode else z
+        if guidance == 1:
+            return self.encode_condition(cond, n), None
+        null = null_condition(cond)
+        if negative_prompt is not None:
+            null["caption"] = [negative_prompt] * n if isinstance(negative_prompt, str) else list(negative_prompt)
+        return self.encode_condition(cond, n) or {}, self.encode_condition(null, n) or {}
