@@ -11,7 +11,9 @@
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import pickle
 import re
 from pathlib import Path
@@ -115,8 +117,11 @@ def check_fits(path: Path, architecture: dict[str, Any], state_dict: dict[str, t
     huge tensors is refused before anything is allocated."""
     if not isinstance(architecture, dict):
         raise UserError(f"checkpoint {path}: its model description must be an object, got {type(architecture).__name__}")
+    adaptor_log = logging.getLogger("layoutdiffuse.nn.adaptor")  # a shape-only probe is not a model being built: no log line
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), contextlib.ExitStack() as stack:
+            stack.callback(setattr, adaptor_log, "disabled", adaptor_log.disabled)
+            adaptor_log.disabled = True
             probe = UNet(**architecture)
     except UserError as err:
         raise UserError(f"checkpoint {path} describes an invalid model: {err}") from None

@@ -578,9 +578,8 @@ class LayoutAdaptor(nn.Module):
             for block in [m for m in unet.modules() if isinstance(m, AttentionBlock)]:
                 block.task_prompt = TaskPromptAttention(block.qkv.in_channels, opts.embed_dim, block.num_heads).to(
                     device=param.device, dtype=param.dtype)
-        if param.device.type != "meta":  # a shape-only probe (checking a checkpoint's tensors) is not a model being built
-            log.info("layout adaptor: %d layout-attention blocks (%s), %d adaptor parameters",
-                     len(chosen), ", ".join(chosen), sum(p.numel() for n, p in unet.named_parameters() if is_adaptor_name(n)))
+        log.info("layout adaptor: %d layout-attention blocks (%s), %d adaptor parameters",
+                 len(chosen), ", ".join(chosen), sum(p.numel() for n, p in unet.named_parameters() if is_adaptor_name(n)))
         return adaptor
 
 
