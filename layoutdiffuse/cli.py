@@ -167,6 +167,9 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--class-names", help="layout class names: 'coco-stuff' (the release's COCO id - 1 table) or a JSON list file")
     r.add_argument("--guidance", type=float, help="default guidance scale stored with the model (default: 5 for boxes, 1 for masks)")
     r.set_defaults(func=cmd_convert_release)
+    from .evaluation.protocol_run import add_parser as add_evaluate_protocol
+
+    add_evaluate_protocol(sub)
     return p
 
 
