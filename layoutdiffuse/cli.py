@@ -142,7 +142,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--ckpt", required=True)
     e.add_argument("--nll", action="store_true", help="bits/dim (the variational bound) of the first --n MNIST-test images")
     e.add_argument("--fid", action="store_true", help="digit-FID of --n samples against all of MNIST-test")
-    e.add_argument("--layout", action="store_true", help="layout accuracy (box crops read by the crop judge), digit-FID vs real "
+    e.add_argument("--layout", action="store_true", help="layout accuracy (box crops read by the crop judge), detection AP (digit detector), digit-FID vs real "
                    "canvases and diversity of --n Layout-MNIST validation layouts (layout models)")
     e.add_argument("--digits", action="store_true", help="share of --n samples read as digits by the digit classifier (confident, "
                    "and in-distribution), and the label accuracy of class-conditional toys; --n 100 scores make demo's grid")
