@@ -314,6 +314,9 @@ def markdown(report: dict[str, Any]) -> str:
         row("diversity", r["diversity"])
     for name, why in r["skipped"].items():
         lines.append(f"| {name} | not run: {why} | | |")
+    if "fid" in r:
+        lines += ["", "FID's bootstrap interval lies above the value: resampled sets repeat images, which raises FID; "
+                  "it shows the spread over layouts. Intervals: percentile bootstrap over layouts."]
     return "\n".join(lines) + "\n"
 
 
