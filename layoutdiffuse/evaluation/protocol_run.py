@@ -97,7 +97,7 @@ def image_name(k: int) -> str:
     return f"{k:06d}.png"
 
 
-def run_header(protocol: Protocol, data: ProtocolData, ckpt: str | None, module: Any, limit: int | None, sampling: dict[str, Any]) -> dict[str, Any]:
+def run_header(protocol: Protocol, data: ProtocolData, ckpt: str | None, limit: int | None, sampling: dict[str, Any]) -> dict[str, Any]:
     """What fixes a run's images (written to ``run.json``)."""
     from .. import __version__
     from ..sampling import SHIPPED_MODEL
@@ -219,9 +219,9 @@ def real_statistics(protocol: Protocol, data: ProtocolData, scorers: Scorers, ca
             stats = torch.load(path, weights_only=True)
             return stats["mu"], stats["sigma"]
     feats = scoring.features_of(scorers.extractor, quantized(real_images(protocol, data, "reference")))
-    mu, sigma = scoring.FeatureStatistics(), None
-    mu.update(feats)
-    mu, sigma = mu.compute()
+    stats = scoring.FeatureStatistics()
+    stats.update(feats)
+    mu, sigma = stats.compute()
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
@@ -342,7 +342,7 @@ def evaluate_protocol(name: str | Protocol, out: str | Path, ckpt: str | None = 
     if module.image_shape[-1] != protocol.resolution:
         raise UserError(f"protocol {protocol.name} is at {protocol.resolution} px, the checkpoint makes {module.image_shape[-1]} px images")
     used = {**module.sampling_args, **{k: v for k, v in dict(sampler=sampler, steps=steps, guidance=guidance).items() if v is not None}}
-    header = run_header(protocol, data, ckpt, module, limit, {k: used.get(k) for k in ("sampler", "steps", "guidance")})
+    header = run_header(protocol, data, ckpt, limit, {k: used.get(k) for k in ("sampler", "steps", "guidance")})
     claim_dir(out, header)
     start = time.perf_counter()
     if not merge:
