@@ -31,7 +31,6 @@ one box) is ``benchmarks/bench_detector.py``; the figures are in ``docs/results.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -41,7 +40,7 @@ from torch import nn
 
 from ..errors import MissingFileError, UserError
 from ..layout import validity
-from .classifier import to_gray
+from .classifier import load_small_net, to_gray
 from .crop_classifier import CROP
 from .layout_accuracy import crop_boxes
 
@@ -105,23 +104,11 @@ def decode(out: torch.Tensor, min_peak: float = 0.05, max_objects: int = 20) -> 
 
 def load_locator(path: str | Path | None = None, device: torch.device | str | None = None) -> DigitLocator:
     """The trained :class:`DigitLocator` (float32, eval mode, no grad); ``model.info`` holds its training record."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
     path = Path(path) if path is not None else WEIGHTS
     if not path.exists():
         raise MissingFileError(f"digit locator weights not found at {path}; train them with: "
                                f"python -m layoutdiffuse.evaluation.train_detector --out {path}")
-    with safe_open(str(path), framework="pt") as f:
-        info = json.loads((f.metadata() or {}).get("info", "{}"))
-    model = DigitLocator(width=info.get("width", 16))
-    missing, unexpected = model.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()}, strict=False)
-    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
-    if missing or unexpected:
-        raise UserError(f"{path} does not hold DigitLocator(width={model.width}) weights: missing {missing}, unexpected {unexpected}")
-    model.info = info
-    model.requires_grad_(False)
-    return model.eval().to(device)
+    return load_small_net(path, lambda info: DigitLocator(width=info.get("width", 16)), device)
 
 
 class DigitDetector:
