@@ -3,7 +3,7 @@
     python benchmarks/eval_layout_mnist.py [--ckpt layoutdiffuse/weights/layout_mnist.safetensors] \\
         [--n 500] [--sampler dpm++] [--steps 25] [--guidance 4]
 
-The scores (layout accuracy with the real-canvas ceiling, digit-FID with the real-vs-real floor,
+The scores (layout accuracy and detection AP / AP50 / AP75, each with its real-canvas ceiling, digit-FID with the real-vs-real floor,
 diversity) are those of ``python -m layoutdiffuse evaluate --layout`` (protocol in
 :mod:`layoutdiffuse.evaluation.layout_mnist`); this script adds the wall time of one 16-image grid
 for the first layout, and the thread count. Defaults: the shipped model and its sampling settings.

@@ -251,7 +251,7 @@ def add_evaluate_args(e: argparse.ArgumentParser) -> None:
     e.add_argument("--ckpt", required=True)
     e.add_argument("--nll", action="store_true", help="bits/dim (the variational bound) of the first --n MNIST-test images")
     e.add_argument("--fid", action="store_true", help="digit-FID of --n samples against all of MNIST-test")
-    e.add_argument("--layout", action="store_true", help="layout accuracy (box crops read by the crop judge), digit-FID vs real "
+    e.add_argument("--layout", action="store_true", help="layout accuracy (box crops read by the crop judge), detection AP (digit detector), digit-FID vs real "
                    "canvases and diversity of --n Layout-MNIST validation layouts (layout models)")
     e.add_argument("--digits", action="store_true", help="share of --n samples read as digits by the digit classifier (confident, "
                    "and in-distribution), and the label accuracy of class-conditional toys; --n 100 scores make demo's grid")
@@ -325,6 +325,38 @@ def cmd_convert_release(args: argparse.Namespace) -> None:
                                                  convert_again=f"convert again: {again}"))
 
 
+# --- evaluate-protocol ------------------------------------------------------------------------------------
+
+def add_evaluate_protocol_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", help="protocol: layout-mnist, coco-stuff-256, coco-stuff-128, vg-256, release-coco-256, release-vg-256 "
+                   "(docs/evaluation.md)")
+    p.add_argument("--ckpt", help="checkpoint or weights export; default: the shipped Layout-MNIST model")
+    p.add_argument("--out", required=True, help="run folder: images/, run.json, manifest.json, report.json, report.md")
+    p.add_argument("--limit", type=int, help="only the first N layouts (quick looks, smoke tests)")
+    p.add_argument("--shard", help="i/n: draw only chunk c with c %% n == i, then stop (score with --merge)")
+    p.add_argument("--merge", action="store_true", help="draw nothing: check that every shard's images are in --out, then score")
+    p.add_argument("--data-root", help="data root (default: $LAYOUTDIFFUSE_DATA, else ~/data)")
+    p.add_argument("--sampler", help="sampler: {samplers} (default: the checkpoint's)")
+    p.add_argument("--steps", type=int, help="sampling steps (default: the checkpoint's)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the checkpoint's)")
+
+
+def check_evaluate_protocol(args: argparse.Namespace) -> None:
+    if args.ckpt is not None:
+        require_file(args.ckpt, "checkpoint")
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit must be >= 1, got {args.limit}")
+
+
+def cmd_evaluate_protocol(args: argparse.Namespace) -> None:
+    from .evaluation.protocol_run import markdown, evaluate_protocol
+
+    report = evaluate_protocol(args.name, args.out, args.ckpt, args.limit, args.shard, args.merge, args.data_root, args.sampler,
+                               args.steps, args.guidance)
+    if report is not None:
+        sys.stdout.write(markdown(report))
+
+
 # --- the parser --------------------------------------------------------------------------------------------
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -347,6 +379,8 @@ COMMANDS: dict[str, tuple[str, Callable, Callable | None, Callable]] = {
                  cmd_evaluate),
     "convert-release": ("convert a checkpoint of the original LayoutDiffuse release (read without running code from it) to a "
                         ".safetensors file this project loads", add_convert_release_args, check_convert_release, cmd_convert_release),
+    "evaluate-protocol": ("sample a pinned evaluation protocol into a folder (resumable, shardable) and score it",
+                          add_evaluate_protocol_args, check_evaluate_protocol, cmd_evaluate_protocol),
 }
 
 

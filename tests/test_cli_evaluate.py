@@ -90,6 +90,8 @@ def test_layout_scores_of_the_shipped_model(mnist_root, capsys):
     assert (out["n"], out["steps"], out["guidance"], out["sampler"]) == (4, 3, 1.5, "dpm++")
     assert out["boxes"] >= 4 and 0 <= out["layout_accuracy"] <= 1 and len(out["per_class_accuracy"]) == 10
     assert out["layout_accuracy_real_canvases"] >= 0.75  # the crop judge reads real canvases
+    assert set(out["detection"]) == {"ap", "ap50", "ap75", "exact50"} and 0 <= out["detection"]["ap50"] <= 1
+    assert out["detection_real_canvases"]["ap50"] >= 0.75  # the detector finds real digits
     assert out["digit_fid"] > out["digit_fid_real_vs_real"] >= 0 and out["diversity_lpips"] > 0
 
 

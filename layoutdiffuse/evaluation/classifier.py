@@ -118,23 +118,30 @@ def load_digit_classifier(path: str | os.PathLike | None = None, device: torch.d
 
     ``model.info`` holds the training record (test accuracy, command, time).
     """
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
     path = Path(path) if path is not None else WEIGHTS
     if not path.exists():
         raise MissingFileError(
             f"digit classifier weights not found at {path}; train them with: "
             f"python -m layoutdiffuse.evaluation.train_classifier --root $LAYOUTDIFFUSE_DATA --out {path}"
         )
+    return load_small_net(path, lambda info: DigitClassifier(widths=tuple(info.get("widths", DEFAULT_WIDTHS))), device)
+
+
+def load_small_net(path: str | os.PathLike, build: Callable[[dict[str, Any]], nn.Module], device: torch.device | str | None = None) -> nn.Module:
+    """An evaluation network from safetensors: ``build(info)`` makes it from the ``info`` record in the
+    metadata; weights loaded as float32 (every key used, ``num_batches_tracked`` may be absent);
+    returned in eval mode without gradients, with ``model.info``."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
     with safe_open(str(path), framework="pt") as f:
         info = json.loads((f.metadata() or {}).get("info", "{}"))
-    model = DigitClassifier(widths=tuple(info.get("widths", DEFAULT_WIDTHS)))
+    model = build(info)
     state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]
     if missing or unexpected:
-        raise KeyError(f"{path} does not match DigitClassifier(widths={model.widths}): missing {missing}, unexpected {unexpected}")
+        raise KeyError(f"{path} does not match {type(model).__name__}: missing {missing}, unexpected {unexpected}")
     model.info = info
     model.requires_grad_(False)
     return model.eval().to(device)

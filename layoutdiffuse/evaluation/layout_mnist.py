@@ -7,6 +7,10 @@ Used by ``python -m layoutdiffuse evaluate --layout``, ``benchmarks/eval_layout_
 * **layout accuracy**: every box of a generated canvas is cropped (:data:`CROP`) and read by the
   Layout-MNIST crop judge; the judge's accuracy on the same crops of the *real* canvases is the
   ceiling;
+* **detection** (the "YOLO score"): COCO AP / AP50 / AP75 of the digit detector
+  (:mod:`.detection`) on the generated canvases against the layouts, and ``exact50`` (share of
+  canvases detected exactly as laid out); unlike layout accuracy it counts a doubled digit or ink
+  outside the boxes; the same on the real canvases is its ceiling;
 * **digit-FID**: generated canvases vs the real canvases ``n .. 2n``; the floor is the FID between
   canvases ``n .. 2n`` and ``2n .. 3n`` (two disjoint real sets of the same size);
 * **diversity**: mean pairwise digit-LPIPS of ``diversity_samples`` samples of each of the first
@@ -21,6 +25,7 @@ import torch
 
 from ..sampling import sample_batched
 from .crop_classifier import CROP, load_crop_classifier
+from .detection import DigitDetector, detection_score
 from .diversity import diversity
 from .fid import digit_fid
 from .layout_accuracy import layout_accuracy
@@ -53,6 +58,7 @@ def evaluate_layout_mnist(module: Any, n: int = 500, sampler: str | None = None,
     batch = val.collate([val[i] for i in range(3 * n)])
     layouts, real_a, real_b = batch["layout"][:n], batch["image"][n : 2 * n], batch["image"][2 * n :]
     judge = load_crop_classifier()
+    detector = DigitDetector(classifier=judge)
 
     start = time.perf_counter()
     fake = generate(module, layouts, seed, batch_size, **opts)
@@ -64,6 +70,8 @@ def evaluate_layout_mnist(module: Any, n: int = 500, sampler: str | None = None,
         "layout_accuracy": round(acc.accuracy, 4), "boxes": acc.count,
         "layout_accuracy_real_canvases": round(ceiling.accuracy, 4),
         "per_class_accuracy": [round(float(v), 3) for v in acc.per_class],
+        "detection": {k: round(v, 4) for k, v in detection_score(fake, layouts, detector).items()},
+        "detection_real_canvases": {k: round(v, 4) for k, v in detection_score(batch["image"][:n], layouts, detector).items()},
         "digit_fid": round(digit_fid(fake, real_a), 3),
         "digit_fid_real_vs_real": round(digit_fid(real_b, real_a), 3),
         "seconds_per_image": round(seconds / n, 4),
