@@ -71,7 +71,7 @@ def foundation_config(tmp_path):
 
     foundation = UNet(in_channel=1, out_channel=1, base_channel=8, channel_mult=(1, 2, 2), num_res_blocks=1, attn_levels=(1, 2))
     ckpt = tmp_path / "foundation.ckpt"
-    torch.save({CKPT_KEY: {"model": foundation.config}, "state_dict": {f"model.{k}": v for k, v in foundation.state_dict().items()}}, ckpt)
+    torch.save({CKPT_KEY: {"model": foundation.config, "config": {}, "image_shape": [1, 32, 32]}, "state_dict": {f"model.{k}": v for k, v in foundation.state_dict().items()}}, ckpt)
     config = json.loads(LAYOUT_MNIST.read_text())
     config["adapt"]["foundation_ckpt"] = str(ckpt)
     path = tmp_path / "layout_mnist.json"
@@ -80,13 +80,15 @@ def foundation_config(tmp_path):
 
 
 def test_an_adaptor_option_typo_exits_2_before_anything_is_built(foundation_config, monkeypatch, capsys):
-    from layoutdiffuse import experiment
+    from layoutdiffuse import checkpoints, experiment, factory
     from layoutdiffuse.cli import main
 
     path, config = foundation_config
-    assert experiment.build_model(config).adaptor is not None  # the checkpoint is a real foundation
-    for name in ("build_model", "build_datasets", "read_checkpoint", "build_module"):
-        monkeypatch.setattr(experiment, name, lambda *a, **k: pytest.fail("something was built before the config check"))
+    assert factory.build_model(config).adaptor is not None  # the checkpoint is a real foundation
+    for module in (experiment, factory, checkpoints):
+        for name in ("build_model", "build_datasets", "read_checkpoint", "build_module", "sampling_model"):
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, lambda *a, **k: pytest.fail("something was built before the config check"))
     assert main(["train", "-c", str(path), "--set", "adapt.layout.embed_dimm=8"]) == 2  # the exit status of the command
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: unknown config key 'adapt.layout.embed_dimm'; allowed keys: {ADAPTOR_KEYS}"]
