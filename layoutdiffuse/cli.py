@@ -24,7 +24,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         config = set_override(config, assignment)
     validate(config)
     log.info("training %s -> %s", config["expt_name"], experiment_dir(config))
-    train(config, resume=args.resume)
+    train(config, resume=args.resume, overwrite=args.overwrite)
     out = experiment_dir(config)
     log.info("done: checkpoints in %s, sample grids in %s", out / "checkpoints", out / "images")
 
@@ -34,17 +34,11 @@ MAX_GRID = 1024
 
 
 def check_output(path: str) -> None:
-    """Fail before sampling when ``path`` cannot be written (read-only file system, a file in the way)."""
-    import os
+    """Fail before sampling when ``path`` cannot be written (read-only file system, a file in the way,
+    a FIFO or device node, an unknown image suffix)."""
+    from .files import check_output_path
 
-    folder = Path(path).resolve().parent
-    existing = next(p for p in (folder, *folder.parents) if p.exists())
-    if Path(path).is_dir():
-        raise UserError(f"--out {path} is a folder; give a file name such as {Path(path) / 'samples.png'}")
-    if not existing.is_dir():
-        raise UserError(f"--out {path}: {existing} is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"--out {path}: cannot write in {existing} (read-only file system or no permission)")
+    check_output_path(path, "--out")
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
@@ -83,7 +77,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from .evaluation.report import evaluate_checkpoint
     from .experiment import load_checkpoint
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    from .schema import check_device
+
+    device = check_device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if not (args.nll or args.fid or args.layout or args.digits):  # before loading anything
         raise UserError("nothing to evaluate: pass --nll (bits/dim on MNIST-test), --fid (digit-FID of samples vs MNIST-test), "
                         "--digits (share of samples read as digits) and/or --layout (layout accuracy, digit-FID and diversity "
@@ -109,6 +105,7 @@ def parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train an experiment from a JSON config")
     t.add_argument("-c", "--config", required=True, help="JSON config, e.g. configs/mnist.json")
     t.add_argument("--resume", help="checkpoint to resume from, or 'last' for <expt_dir>/<expt_name>/checkpoints/last.ckpt")
+    t.add_argument("--overwrite", action="store_true", help="start over in an experiment folder that holds an earlier run's checkpoints (they are removed)")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. --set trainer_args.max_steps=200 (repeatable)")
     t.set_defaults(func=cmd_train)
     s = sub.add_parser("sample", help="sample a grid for a layout (default model: the shipped Layout-MNIST LayoutDiffuse)")

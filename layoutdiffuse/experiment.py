@@ -20,14 +20,14 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from .config import validate
+from .config import check_checkpoint_metadata, validate
 from .schema import ConfigError
 from .data.loader import ResumableDataLoader
 from .data.registry import DATASETS
-from .files import AtomicCheckpointIO, save_safetensors
+from .files import AtomicCheckpointIO, check_readable, checkpoint_format, save_safetensors
 from .nn import UNet
 from .sd.spec import is_foundation_config
-from .training.callbacks import CKPT_KEY, build_callbacks, checkpoint_meta
+from .training.callbacks import CKPT_KEY, Interrupted, SaveOnSignal, build_callbacks, checkpoint_meta
 from .training.progress import ProgressLog, StepProgressBar, interactive
 from .training.registry import TRAININGS
 from .errors import UserError, MissingFileError
@@ -70,11 +70,7 @@ def experiment_lock(out: Path) -> Iterator[None]:
 
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint dict safely (tensors and plain data only) with a clear error."""
-    path = Path(path)
-    if not path.exists():
-        raise MissingFileError(f"checkpoint {path} does not exist")
-    if path.is_dir():
-        raise UserError(f"checkpoint {path} is a folder; give a .ckpt or .safetensors file")
+    path = check_readable(path, "checkpoint")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:  # never echo torch's text: it advises loading the file unsafely
@@ -206,9 +202,27 @@ def keep_csv_history(trainer: pl.Trainer, before_step: int) -> None:
         logger.experiment.metrics[:0] = rows  # the writer (created here) has just removed the old file
 
 
-def train(config: dict[str, Any], resume: str | Path | None = None, **trainer_overrides: Any) -> pl.LightningModule:
-    """Train the experiment of ``config``; ``resume`` is a checkpoint path or ``"last"``."""
+def refuse_overwrite(out: Path, resume: Any, overwrite: bool) -> None:
+    """A run that does not resume never silently replaces the checkpoints of an earlier run of the
+    same folder; with ``overwrite`` they are removed first (a log line names them)."""
+    old = sorted((out / "checkpoints").glob("*.ckpt")) if (out / "checkpoints").is_dir() else []
+    if resume or not old:
+        return
+    if not overwrite:
+        raise UserError(f"experiment folder {out} already holds checkpoints of a run ({', '.join(p.name for p in old[:3])}"
+                        f"{', ...' if len(old) > 3 else ''}); continue it with --resume last, give this run another "
+                        "expt_name (--set expt_name=NAME), or start it over with --overwrite")
+    log.warning("--overwrite: removing %d checkpoint(s) of the earlier run in %s", len(old), out / "checkpoints")
+    for path in old:
+        path.unlink()
+
+
+def train(config: dict[str, Any], resume: str | Path | None = None, overwrite: bool = False, **trainer_overrides: Any) -> pl.LightningModule:
+    """Train the experiment of ``config``; ``resume`` is a checkpoint path or ``"last"``. A folder
+    holding checkpoints is only started over with ``overwrite``."""
     validate(config)
+    if not overwrite:  # fail before the data loads
+        refuse_overwrite(experiment_dir(config), resume, False)
     if is_foundation_config(config):  # fail before the data loads when the foundation's weights are missing
         from .sd.foundation import check_foundation_files
 
@@ -216,9 +230,13 @@ def train(config: dict[str, Any], resume: str | Path | None = None, **trainer_ov
     pl.seed_everything(config.get("seed", 0), workers=True, verbose=False)
     datasets = build_datasets(config)
     loaders = build_loaders(config, datasets)
+    if len(loaders["train"]) == 0:  # full batches only (drop_last): the run would train nothing and say "done"
+        raise ConfigError(f"config key 'data.batch_size' ({loaders['train'].batch_size}) is larger than the training set "
+                          f"({len(datasets['train'])} samples): not one full batch; lower data.batch_size or use more data")
     module = build_module(config)
     module.class_names = list(getattr(datasets["train"], "class_names", None) or [])
     with experiment_lock(experiment_dir(config)):
+        refuse_overwrite(experiment_dir(config), resume, overwrite)  # again, now that no other run can write there
         trainer = build_trainer(config, class_names=module.class_names or None, **trainer_overrides)
         fit(trainer, module, loaders, config, resume)
     module.trainer_ref = trainer
@@ -232,9 +250,24 @@ def fit(trainer: pl.Trainer, module: pl.LightningModule, loaders: dict[str, Data
         ckpt_path = experiment_dir(config) / "checkpoints" / "last.ckpt" if str(resume) == "last" else Path(resume)
         if not ckpt_path.exists():
             raise MissingFileError(f"cannot resume: {ckpt_path} does not exist")
-        start_step = read_checkpoint(ckpt_path)["global_step"]  # a clear error for a foreign or corrupted file
-        keep_csv_history(trainer, start_step)
-    trainer.fit(module, loaders["train"], loaders["val"] if trainer.limit_val_batches else None, ckpt_path=ckpt_path, weights_only=True if ckpt_path else None)
+        check_readable(ckpt_path, "--resume checkpoint")
+        ckpt = read_checkpoint(ckpt_path)  # a clear error for a foreign or corrupted file
+        from .state_dicts import state_dict_mismatch
+
+        if mismatch := state_dict_mismatch(module, ckpt["state_dict"]):  # another architecture: Lightning would fail mid-restore
+            raise UserError(f"cannot resume from {ckpt_path}: its weights do not fit this config's model ({mismatch[:400]}); "
+                            "resume with the config it was trained with, or start a new expt_name")
+        keep_csv_history(trainer, ckpt["global_step"])
+    from lightning_fabric.utilities.exceptions import MisconfigurationException
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    try:
+        trainer.fit(module, loaders["train"], loaders["val"] if trainer.limit_val_batches else None, ckpt_path=ckpt_path, weights_only=True if ckpt_path else None)
+    except SIGTERMException:  # stopped by SIGTERM/SIGINT: exit 143/130, not 0 (the checkpoint is written by SaveOnSignal)
+        stop = next((c for c in trainer.callbacks if isinstance(c, SaveOnSignal)), None)
+        raise (Interrupted(stop.signum, stop.saved) if stop else Interrupted()) from None
+    except MisconfigurationException as err:  # what Lightning refuses only once fit starts
+        raise ConfigError(f"config 'trainer_args' is refused by Lightning: {str(err)[:300]}") from None
 
 
 def export_weights(module: pl.LightningModule, path: str | Path, half: bool = True) -> Path:
@@ -250,7 +283,8 @@ def read_weights(path: Path, map_location: str | torch.device) -> dict[str, Any]
     try:
         with safe_open(str(path), framework="pt", device=str(map_location)) as f:
             meta = (f.metadata() or {}).get(CKPT_KEY)
-            state = {f"ema.module.{k}": f.get_tensor(k).float() for k in f.keys()}
+            state = {f"ema.module.{k}": f.get_tensor(k) for k in f.keys()}
+        state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}  # others are checked against the model
     except Exception as err:
         raise UserError(f"{path} is not a readable safetensors file: {err}") from err
     if meta is None:
@@ -275,11 +309,11 @@ def check_fits(path: Path, architecture: dict[str, Any], state_dict: dict[str, t
         raise UserError(f"checkpoint {path}: its model description must be an object, got {type(architecture).__name__}")
     try:
         with torch.device("meta"):
-            probe = UNet(**architecture)
+            probe = model_from_architecture(architecture)
     except UserError as err:
         raise UserError(f"checkpoint {path} describes an invalid model: {err}") from None
-    except TypeError as err:
-        raise UserError(f"checkpoint {path} describes a model this version cannot build: {err}") from None
+    except (TypeError, KeyError, ValueError) as err:
+        raise UserError(f"checkpoint {path} describes a model this version cannot build: {str(err)[:200]}") from None
     want = {k: tuple(v.shape) for k, v in probe.state_dict().items()}
     have = {k: tuple(v.shape) for k, v in sampling_state_dict(state_dict).items() if not k.startswith("n_averaged")}
     problems = [f"{k}: {list(have[k])} in the file, {list(want[k])} in the model" for k in want if k in have and have[k] != want[k]]
@@ -302,20 +336,23 @@ def model_from_architecture(arch: dict[str, Any]) -> torch.nn.Module:
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> pl.LightningModule:
     """A trained module from a Lightning checkpoint or a ``.safetensors`` export (architecture and
     config are stored in it). Never unpickles code: ``weights_only=True`` / safetensors."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        if not path.exists():
-            raise MissingFileError(f"weights file {path} does not exist")
+    path = check_readable(path, "checkpoint")
+    if checkpoint_format(path) == "safetensors":  # by content: an export named .ckpt (or nothing) reads too
         ckpt = read_weights(path, map_location)
     else:
         ckpt = read_checkpoint(path, map_location)
     meta = ckpt[CKPT_KEY]
-    if not (isinstance(meta, dict) and {"config", "model", "image_shape"} <= set(meta) and isinstance(meta["config"], dict)):
-        raise UserError(f"{path}: its '{CKPT_KEY}' entry must hold 'config', 'model' and 'image_shape'; the file is damaged or foreign")
+    try:
+        check_checkpoint_metadata(meta)  # types and every size bounded, before anything is built
+    except UserError as err:
+        raise UserError(f"checkpoint {path}: its '{CKPT_KEY}' metadata is damaged or foreign: {err}") from None
     config = meta["config"]
-    if not is_foundation_config(config) and not (isinstance(meta["model"], dict) and "unet_class" in meta["model"]):  # the UNet's tensors checked before anything is allocated
+    if not is_foundation_config(config):  # the denoiser's tensors checked on the meta device before anything is allocated
         check_fits(path, meta["model"], ckpt["state_dict"])
-    module = build_module(config, architecture=meta["model"], image_shape=tuple(meta["image_shape"]))
+    try:
+        module = build_module(config, architecture=meta["model"], image_shape=tuple(meta["image_shape"]))
+    except UserError as err:
+        raise UserError(f"checkpoint {path}: its metadata describes a model that cannot be built: {err}") from None
     module.class_names = meta.get("class_names") or []
     state = ckpt["state_dict"]
     if not any(k.startswith("model.") for k in state):  # a weights export: EMA weights only
@@ -324,6 +361,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             state["ema.n_averaged"] = torch.tensor(1)
         else:  # a module without EMA (ema_decay 0): the weights are its model's
             state = {k: v for k, v in state.items() if not k.startswith("ema.module.")}
+    from .state_dicts import dtype_mismatch
+
+    if wrong := dtype_mismatch(module.state_dict(), state):  # a bool or int8 tensor would be cast silently
+        raise UserError(f"checkpoint {path} does not fit the model it describes: {wrong}")
     try:
         missing, unexpected = module.load_state_dict(state, strict=False)
     except RuntimeError as err:  # size mismatches the UNet check above cannot see (foundation modules)

@@ -11,7 +11,6 @@ give the same images.
 """
 from __future__ import annotations
 
-import numbers
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from .diffusion.guidance import check_guidance, class_labels
+from .diffusion.guidance import class_labels
 from .layout import validate_layout
 from .layout_file import load_layout, parse_layout
 from .errors import UserError, MissingFileError
@@ -32,11 +31,15 @@ def load_model(ckpt: str | Path | None = None) -> pl.LightningModule:
     Layout-MNIST model."""
     from .experiment import load_checkpoint
 
+    from .files import check_readable
+
+    if ckpt is not None and not isinstance(ckpt, (str, Path)):
+        raise UserError(f"ckpt must be a checkpoint path or a loaded module, got {type(ckpt).__name__}")
     path = Path(ckpt) if ckpt is not None else SHIPPED_MODEL
     if not path.exists():
         hint = " (the shipped model is missing from this install)" if ckpt is None else ""
         raise MissingFileError(f"checkpoint {path} does not exist{hint}")
-    return load_checkpoint(path)
+    return load_checkpoint(check_readable(path, "checkpoint"))
 
 
 def is_layout_model(module: pl.LightningModule) -> bool:
@@ -131,13 +134,10 @@ def sample(
     ``prompt`` / ``negative_prompt``: the caption and the unconditional branch's text, for models
     with a text encoder (Stable Diffusion foundations, e.g. a converted release checkpoint).
     """
-    for name, value in (("n", n), ("batch_size", batch_size)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1):
-            raise UserError(f"{name} must be an integer >= 1, got {value!r}")
-    if guidance is not None:
-        check_guidance(guidance)
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**63:
-        raise UserError(f"seed must be an integer in [0, 2**63), got {seed!r}")
+    from .schema import check_integer, check_sampling_options
+
+    check_sampling_options(n=n, seed=seed, guidance=guidance, steps=steps)
+    check_integer(batch_size, "batch_size", 1)
     module = ckpt if isinstance(ckpt, pl.LightningModule) else load_model(ckpt)
     opts = dict(sampler=sampler, steps=steps, seed=seed, progress=progress)
     if prompt is not None or negative_prompt is not None:
