@@ -106,7 +106,7 @@ def check_diffusion_values(diffusion: dict[str, Any]) -> None:
     check_range(diffusion, "num_timesteps", "diffusion.num_timesteps", 1, MAX_TIMESTEPS)
     for key, allowed in (("prediction", PREDICTIONS), ("schedule", SCHEDULES.names())):
         if key in diffusion and diffusion[key] not in allowed:
-            raise ConfigError(f"config key 'diffusion.{key}': unknown {key} {diffusion[key]!r}; choose one of: {', '.join(allowed)}")
+            raise ConfigError(f"config key 'diffusion.{key}': unknown {key} {short(diffusion[key])}; choose one of: {', '.join(allowed)}")
     check_range(diffusion, "ema_decay", "diffusion.ema_decay", 0, 1, integer=False, high_open=True)
     check_range(diffusion, "cond_drop_prob", "diffusion.cond_drop_prob", 0, 1, integer=False)
     if isinstance(diffusion.get("optimizer"), dict):
@@ -123,28 +123,26 @@ def check_diffusion_values(diffusion: dict[str, Any]) -> None:
         if scheduler.get("total_steps") is not None:
             check_range(scheduler, "total_steps", "diffusion.lr_scheduler.total_steps", 1)
     if isinstance(diffusion.get("sampling"), dict):
-        check_sampling_section(diffusion["sampling"], "diffusion.sampling", diffusion.get("num_timesteps", 1000))
+        check_sampling_section(diffusion["sampling"], "diffusion.sampling")
 
 
-def check_sampling_section(sampling: dict[str, Any], path: str, num_timesteps: Any) -> None:
+def check_sampling_section(sampling: dict[str, Any], path: str) -> None:
     """A section of sampler settings (``diffusion.sampling``, ``callbacks.images``): a known ``sampler``,
-    ``steps`` in [1, num_timesteps], ``guidance`` in [0, 50], ``eta`` >= 0, ``seed`` in [0, 2**63), ``n`` in
-    [1, 1024] -- checked when the config is read, not when the model is first sampled."""
+    ``steps`` in [1, 10000] (a sampler refuses more steps than the model's timesteps, and every call
+    may give its own), ``guidance`` in [0, 50], ``eta`` >= 0, ``seed`` in [0, 2**63), ``n`` in [1, 1024]
+    -- checked when the config is read, not when the model is first sampled."""
     from .diffusion import SAMPLERS
-    from .schema import check_seed
+    from .schema import check_guidance, check_seed
 
     if "sampler" in sampling:
         check_name(SAMPLERS, sampling["sampler"], f"{path}.sampler")
-    top = num_timesteps if isinstance(num_timesteps, int) and not isinstance(num_timesteps, bool) else MAX_TIMESTEPS
-    check_range(sampling, "steps", f"{path}.steps", 1, top)
+    check_range(sampling, "steps", f"{path}.steps", 1, MAX_TIMESTEPS)
     check_range(sampling, "n", f"{path}.n", 1, MAX_BATCH)
     check_range(sampling, "eta", f"{path}.eta", 0, integer=False)
     if "clip" in sampling:
         check_type(sampling["clip"], True, f"{path}.clip")
     try:
         if "guidance" in sampling:
-            from .diffusion.guidance import check_guidance
-
             check_guidance(sampling["guidance"])
         if "seed" in sampling:
             check_seed(sampling["seed"])
@@ -234,13 +232,13 @@ def validate(config: dict[str, Any]) -> None:
         value = trainer_args.get(key)
         if value is not None:
             if isinstance(value, bool) or not isinstance(value, int) or value == 0 or value < -1:
-                raise ConfigError(f"config key 'trainer_args.{key}' must be an integer >= 1, or -1 for no limit; got {trainer_args[key]!r}")
+                raise ConfigError(f"config key 'trainer_args.{key}' must be an integer >= 1, or -1 for no limit; got {short(trainer_args[key])}")
     check_trainer_values(trainer_args)
     callbacks = config.get("callbacks", {})
     check_keys(callbacks, {k: {} for k in CALLBACK_KEYS}, "callbacks")
     for name, section in callbacks.items():
         check_keys(section, CALLBACK_KEYS[name], f"callbacks.{name}")
-    check_callback_values(callbacks, diffusion.get("num_timesteps", 1000))
+    check_callback_values(callbacks)
 
 
 #: Trainer arguments the experiment sets itself (from expt_dir and the callbacks section)
@@ -264,7 +262,7 @@ def check_trainer_values(trainer_args: dict[str, Any]) -> None:
             raise ConfigError(f"config key 'trainer_args.{key}' must be {allowed}, got {short(value)}")
 
 
-def check_callback_values(callbacks: dict[str, Any], num_timesteps: Any) -> None:
+def check_callback_values(callbacks: dict[str, Any]) -> None:
     """Ranges in the ``callbacks`` sections (Lightning refuses some only with a traceback), and wandb installed when enabled."""
     checkpoint = callbacks.get("checkpoint", {})
     for key in ("every_n_train_steps", "every_n_epochs"):
@@ -272,7 +270,7 @@ def check_callback_values(callbacks: dict[str, Any], num_timesteps: Any) -> None
     check_range(checkpoint, "save_top_k", "callbacks.checkpoint.save_top_k", -1)
     images = callbacks.get("images", {})
     check_range(images, "every_n_train_steps", "callbacks.images.every_n_train_steps", 0)
-    check_sampling_section(images, "callbacks.images", num_timesteps)
+    check_sampling_section(images, "callbacks.images")
     if callbacks.get("wandb", {}).get("enabled"):
         import importlib.util
 

@@ -114,8 +114,6 @@ def load_image(path: str | Path, channels: int) -> torch.Tensor:
     """A PNG/JPEG file -> ``(C, H, W)`` in [-1, 1] with ``channels`` 1 (gray) or 3 (RGB)."""
     from torchvision.io import ImageReadMode, decode_image
 
-    from .errors import MissingFileError
-
     from .files import check_readable
 
     path = check_readable(path, "image")

@@ -297,6 +297,9 @@ def read_weights(path: Path, map_location: str | torch.device) -> dict[str, Any]
 
 
 def describe(architecture: dict[str, Any]) -> str:
+    if "unet_class" in architecture:
+        unet = architecture.get("unet") if isinstance(architecture.get("unet"), dict) else {}
+        return f"{architecture['unet_class']}(" + ", ".join(f"{k}={unet[k]}" for k in ("block_out_channels", "layers_per_block") if k in unet) + ", layout adaptor)"
     keys = ("base_channel", "channel_mult", "num_res_blocks", "attn_levels", "num_heads")
     return "UNet(" + ", ".join(f"{k}={architecture[k]}" for k in keys if k in architecture) + (", layout adaptor)" if architecture.get("layout") else ")")
 

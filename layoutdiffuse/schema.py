@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable
 
-from .errors import UserError
+from .errors import UserError, short
 
 
 #: the largest config file read (a config is a few KB; a bigger file is not one)
@@ -38,7 +38,7 @@ def check_type(value: Any, default: Any, path: str) -> None:
     elif isinstance(default, (list, tuple)):
         ok = isinstance(value, (list, tuple))
     if not ok:
-        raise ConfigError(f"config key '{path}' must be {type_name(default)}, got {type_name(value)} ({value!r})")
+        raise ConfigError(f"config key '{path}' must be {type_name(default)}, got {type_name(value)} ({short(value)})")
 
 
 def signature_defaults(fn: Callable, skip: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -72,12 +72,6 @@ MAX_BATCH = 1024
 SEED_RANGE = (0, 2**63)
 
 
-def short(value: Any, limit: int = 100) -> str:
-    """``repr(value)`` cut to about ``limit`` characters (a 900 KB string is never echoed whole)."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
-
-
 def check_integer(value: Any, name: str, low: int, high: int | None = None) -> int:
     """``value`` as an int if it is an integer (not a bool) in ``[low, high]``, else one :class:`UserError` line."""
     import numbers
@@ -97,6 +91,22 @@ def check_seed(seed: Any, name: str = "seed") -> int:
     return int(seed)
 
 
+#: the guidance scales accepted: 0 is the unconditional model, 1 the conditional one, and scales in
+#: use lie between 1 and ~15; far beyond, every sample saturates
+GUIDANCE_RANGE = (0.0, 50.0)
+
+
+def check_guidance(scale: Any) -> float:
+    """``scale`` as a float if it is a finite number in :data:`GUIDANCE_RANGE`, else :class:`UserError`."""
+    import math
+
+    low, high = GUIDANCE_RANGE
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or not low <= scale <= high:
+        raise UserError(f"guidance must be a finite number in [{low:g}, {high:g}] (0 = unconditional, 1 = conditional, "
+                        f"typical 1-15), got {short(scale)}")
+    return float(scale)
+
+
 def check_sampling_options(n: Any = None, seed: Any = None, guidance: Any = None, steps: Any = None, resample: Any = None,
                            max_n: int | None = None) -> None:
     """The one set of checks of the numbers ``sample`` and ``edit`` take (``None`` = not given): ``n`` an
@@ -107,8 +117,6 @@ def check_sampling_options(n: Any = None, seed: Any = None, guidance: Any = None
     if seed is not None:
         check_seed(seed)
     if guidance is not None:
-        from .diffusion.guidance import check_guidance
-
         check_guidance(guidance)
     if steps is not None:
         check_integer(steps, "steps", 1)

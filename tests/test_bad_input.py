@@ -642,9 +642,9 @@ def test_a_batch_larger_than_the_dataset_is_refused_before_training(tmp_path, mn
 
 @pytest.mark.parametrize("override, match", [
     ("trainer_args.limit_train_batches=0", "'trainer_args.limit_train_batches' must be an integer >= 1 (batches) or a fraction in (0, 1]"),
-    ("diffusion.sampling.steps=0", "'diffusion.sampling.steps' must be an integer in [1, 1000]"),
+    ("diffusion.sampling.steps=0", "'diffusion.sampling.steps' must be an integer in [1, 10000]"),
     ("diffusion.sampling.sampler=\"nope\"", "unknown sampler 'nope'"),
-    ("callbacks.images.steps=0", "'callbacks.images.steps' must be an integer in [1, 1000]"),
+    ("callbacks.images.steps=0", "'callbacks.images.steps' must be an integer in [1, 10000]"),
     ("expt_name=\"../../x\"", "'expt_name' must name one folder inside expt_dir"),
     ("expt_name=\"/tmp/x\"", "'expt_name' must name one folder inside expt_dir"),
     # unbounded sizes

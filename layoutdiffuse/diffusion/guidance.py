@@ -11,18 +11,7 @@ from ..errors import UserError
 from ..layout import cat_layouts
 from .gaussian import ModelFn
 
-#: the guidance scales accepted: 0 is the unconditional model, 1 the conditional one, and scales in
-#: use lie between 1 and ~15; far beyond, every sample saturates
-GUIDANCE_RANGE = (0.0, 50.0)
-
-
-def check_guidance(scale: Any) -> float:
-    """``scale`` as a float if it is a finite number in :data:`GUIDANCE_RANGE`, else :class:`UserError`."""
-    low, high = GUIDANCE_RANGE
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or not low <= scale <= high:
-        raise UserError(f"guidance must be a finite number in [{low:g}, {high:g}] (0 = unconditional, 1 = conditional, "
-                        f"typical 1-15), got {scale!r}")
-    return float(scale)
+from ..schema import GUIDANCE_RANGE, check_guidance  # noqa: F401 -- the one check of a guidance scale, re-exported
 
 
 def conditioned(model: nn.Module, cond: dict[str, Any] | None) -> ModelFn:

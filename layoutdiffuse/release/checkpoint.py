@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import MissingFileError, UserError
+from ..errors import UserError
 
 log = logging.getLogger(__name__)
 
