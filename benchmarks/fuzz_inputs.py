@@ -1,6 +1,6 @@
 """Fuzz table: feed bad (and a few good) inputs of every kind a user gives, and count how each ends.
 
-    python benchmarks/fuzz_inputs.py            # JSON table on stdout (about a minute on 2 CPU cores)
+    python benchmarks/fuzz_inputs.py            # JSON table on stdout (about 4 minutes on 2 busy CPU cores)
     python benchmarks/fuzz_inputs.py --cases    # ... with every case and its first line
 
 Kinds: config (a JSON experiment config and ``--set`` overrides), layout file, layout tensor,
@@ -20,7 +20,8 @@ unbounded sizes, hangs (FIFOs), unclear messages. Each case ends as one of
 No case runs code from a file: pickled checkpoints are written here and must be refused.
 
 Everything runs in this process on the shipped Layout-MNIST model (sampling with 1-2 steps) and in a
-temporary folder; nothing is trained and nothing is downloaded. See docs/bad_input.md.
+temporary folder; nothing is downloaded, and the only training is the SIGTERM case's tiny UNet (a
+child process, 24-512 MNIST digits). See docs/bad_input.md.
 """
 from __future__ import annotations
 
