@@ -141,13 +141,12 @@ def check_sampling_section(sampling: dict[str, Any], path: str) -> None:
     check_range(sampling, "eta", f"{path}.eta", 0, integer=False)
     if "clip" in sampling:
         check_type(sampling["clip"], True, f"{path}.clip")
-    try:
-        if "guidance" in sampling:
-            check_guidance(sampling["guidance"])
-        if "seed" in sampling:
-            check_seed(sampling["seed"])
-    except UserError as err:
-        raise ConfigError(f"config key '{path}': {err}") from None
+    for key, check in (("guidance", check_guidance), ("seed", check_seed)):
+        if key in sampling:
+            try:
+                check(sampling[key])
+            except UserError as err:
+                raise ConfigError(f"config key '{path}.{key}': {err}") from None
 
 
 def validate(config: dict[str, Any]) -> None:

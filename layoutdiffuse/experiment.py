@@ -177,8 +177,8 @@ def build_trainer(config: dict[str, Any], class_names: list[str] | None = None, 
 
     try:
         return pl.Trainer(default_root_dir=str(out), callbacks=callbacks, **args)
-    except MisconfigurationException as err:
-        raise ConfigError(f"config 'trainer_args' is refused by Lightning's Trainer: {err}") from None
+    except (MisconfigurationException, ValueError, TypeError) as err:  # Lightning refuses some values with a plain ValueError
+        raise ConfigError(f"config 'trainer_args' is refused by Lightning's Trainer: {str(err)[:300]}") from None
 
 
 def keep_csv_history(trainer: pl.Trainer, before_step: int) -> None:

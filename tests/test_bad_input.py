@@ -375,9 +375,10 @@ def test_good_configs_still_validate():
         validate(json.loads(path.read_text()))
 
 
-def test_lightning_misconfiguration_is_one_line(tmp_path, mnist_root):
+@pytest.mark.parametrize("key, value", [("gradient_clip_algorithm", "x"), ("accelerator", "nope")])  # the second: a plain ValueError
+def test_lightning_misconfiguration_is_one_line(tmp_path, mnist_root, key, value):
     config = tiny_train_config(tmp_path, mnist_root, steps=1)
-    config["trainer_args"]["val_check_interval"] = -3
+    config["trainer_args"][key] = value
     with pytest.raises(ConfigError, match="refused by Lightning's Trainer"):
         train(config)
 
