@@ -22,23 +22,16 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from .errors import MissingFileError, UserError
-from .files import save_safetensors
+from .errors import UserError
+from .config import check_checkpoint_metadata
+from .files import check_readable, checkpoint_format, save_safetensors
 from .nn import UNet
 from .sd.spec import is_foundation_config
 from .training.callbacks import CKPT_KEY, checkpoint_meta
 
-#: the entries of a checkpoint's metadata that rebuild its module
-META_KEYS = ("config", "model", "image_shape")
-
-
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint dict safely (tensors and plain data only) with a clear error."""
-    path = Path(path)
-    if not path.exists():
-        raise MissingFileError(f"checkpoint {path} does not exist")
-    if path.is_dir():
-        raise UserError(f"checkpoint {path} is a folder; give a .ckpt or .safetensors file")
+    path = check_readable(path, "checkpoint")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:  # never echo torch's text: it advises loading the file unsafely
@@ -86,17 +79,16 @@ def read_module_file(path: str | Path, map_location: str | torch.device = "cpu",
     """A trained module's file (``.ckpt`` or ``.safetensors`` export) as a checkpoint dict whose
     metadata holds ``config``, ``model`` and ``image_shape``; floating-point tensors in ``dtype``
     (``None``: as stored)."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        if not path.exists():
-            raise MissingFileError(f"weights file {path} does not exist")
+    path = check_readable(path, "checkpoint")
+    if checkpoint_format(path) == "safetensors":  # by content: an export named .ckpt (or nothing) reads too
         ckpt = read_weights(path, map_location, dtype)
     else:
         ckpt = read_checkpoint(path, map_location)
         ckpt["state_dict"] = {k: cast(v, dtype) for k, v in ckpt["state_dict"].items()}
-    meta = ckpt[CKPT_KEY]
-    if not (isinstance(meta, dict) and set(META_KEYS) <= set(meta) and isinstance(meta["config"], dict)):
-        raise UserError(f"{path}: its '{CKPT_KEY}' entry must hold 'config', 'model' and 'image_shape'; the file is damaged or foreign")
+    try:
+        check_checkpoint_metadata(ckpt[CKPT_KEY])  # types and every size bounded, before anything is built
+    except UserError as err:
+        raise UserError(f"checkpoint {path}: its '{CKPT_KEY}' metadata is damaged or foreign: {err}") from None
     return ckpt
 
 
@@ -107,6 +99,9 @@ def sampling_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.
 
 
 def describe(architecture: dict[str, Any]) -> str:
+    if "unet_class" in architecture:
+        unet = architecture.get("unet") if isinstance(architecture.get("unet"), dict) else {}
+        return f"{architecture['unet_class']}(" + ", ".join(f"{k}={unet[k]}" for k in ("block_out_channels", "layers_per_block") if k in unet) + ", layout adaptor)"
     keys = ("base_channel", "channel_mult", "num_res_blocks", "attn_levels", "num_heads")
     return "UNet(" + ", ".join(f"{k}={architecture[k]}" for k in keys if k in architecture) + (", layout adaptor)" if architecture.get("layout") else ")")
 
@@ -122,11 +117,11 @@ def check_fits(path: Path, architecture: dict[str, Any], state_dict: dict[str, t
         with torch.device("meta"), contextlib.ExitStack() as stack:
             stack.callback(setattr, adaptor_log, "disabled", adaptor_log.disabled)
             adaptor_log.disabled = True
-            probe = UNet(**architecture)
+            probe = model_from_architecture(architecture)
     except UserError as err:
         raise UserError(f"checkpoint {path} describes an invalid model: {err}") from None
-    except TypeError as err:
-        raise UserError(f"checkpoint {path} describes a model this version cannot build: {err}") from None
+    except (TypeError, KeyError, ValueError) as err:
+        raise UserError(f"checkpoint {path} describes a model this version cannot build: {str(err)[:200]}") from None
     want = {k: tuple(v.shape) for k, v in probe.state_dict().items()}
     have = {k: tuple(v.shape) for k, v in sampling_state_dict(state_dict).items() if not k.startswith("n_averaged")}
     problems = [f"{k}: {list(have[k])} in the file, {list(want[k])} in the model" for k in want if k in have and have[k] != want[k]]

@@ -30,28 +30,20 @@ MAX_GRID = 1024
 
 def require_file(path: str | os.PathLike, what: str, hint: str = "") -> Path:
     """``path`` must be an existing regular file (not a folder, FIFO or device); one line otherwise."""
-    p = Path(path)
-    if not p.exists():
-        raise MissingFileError(f"{what} {p} does not exist{hint}")
-    if p.is_dir():
-        raise UserError(f"{what} {p} is a folder; give a file")
-    if not p.is_file():
-        raise UserError(f"{what} {p} is not a regular file (a FIFO, socket or device); give a file")
-    return p
+    from .files import check_readable
+
+    try:
+        return check_readable(path, what)
+    except MissingFileError as err:
+        raise MissingFileError(f"{err}{hint}") from None
 
 
-def check_output(path: str, flag: str = "--out") -> None:
-    """Fail before sampling when ``path`` cannot be written (read-only file system, a file in the way)."""
-    folder = Path(path).resolve().parent
-    existing = next(p for p in (folder, *folder.parents) if p.exists())
-    if Path(path).is_dir():
-        raise UserError(f"{flag} {path} is a folder; give a file name such as {Path(path) / 'samples.png'}")
-    if Path(path).exists() and not Path(path).is_file():
-        raise UserError(f"{flag} {path} is not a regular file (a FIFO, socket or device); give a new or regular file")
-    if not existing.is_dir():
-        raise UserError(f"{flag} {path}: {existing} is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"{flag} {path}: cannot write in {existing} (read-only file system or no permission)")
+def check_output(path: str, flag: str = "--out", image: bool = True) -> None:
+    """Fail before sampling when ``path`` cannot be written (read-only file system, a file in the way,
+    a FIFO or device node, an unknown image suffix)."""
+    from .files import check_output_path
+
+    check_output_path(path, flag, image=image)
 
 
 def check_folder(path: str, flag: str) -> None:
@@ -59,7 +51,7 @@ def check_folder(path: str, flag: str) -> None:
     p = Path(path)
     if p.exists() and not p.is_dir():
         raise UserError(f"{flag} {path} is a file; give a folder (made if missing)")
-    check_output(str(p / "x"), flag)
+    check_output(str(p / "x"), flag, image=False)
 
 
 def sampler_names() -> list[str]:
@@ -97,6 +89,8 @@ def add_train_args(t: argparse.ArgumentParser) -> None:
     t.add_argument("-c", "--config", required=True, help="JSON config, e.g. configs/mnist.json")
     t.add_argument("--resume", help="checkpoint to resume from, or 'last' for <expt_dir>/<expt_name>/checkpoints/last.ckpt")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. --set trainer_args.max_steps=200 (repeatable)")
+    t.add_argument("--overwrite", action="store_true", help="start over in an experiment folder that holds an earlier run's checkpoints "
+                   "(they are removed)")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -111,7 +105,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from .experiment import experiment_dir, train
 
     log.info("training %s -> %s", config["expt_name"], experiment_dir(config))
-    train(config, resume=args.resume)
+    train(config, resume=args.resume, overwrite=args.overwrite)
     out = experiment_dir(config)
     log.info("done: checkpoints in %s, sample grids in %s", out / "checkpoints", out / "images")
 
@@ -302,7 +296,7 @@ def check_convert_release(args: argparse.Namespace) -> None:
         require_file(args.release_config, "release config")
     if Path(args.out).suffix != ".safetensors":
         raise UserError(f"--out must name a .safetensors file, got {args.out}")
-    check_output(args.out)
+    check_output(args.out, image=False)
 
 
 def cmd_convert_release(args: argparse.Namespace) -> None:

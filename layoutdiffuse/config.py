@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
-from .schema import ConfigError, check_keys, check_name, check_type, signature_defaults, type_name
+from .schema import (MAX_BATCH, MAX_BATCH_SIZE, MAX_CONFIG_BYTES, MAX_IMAGE_SIZE, MAX_TIMESTEPS, ConfigError, check_folder_name, check_keys,
+                     check_name, check_type, short, signature_defaults, type_name)
 
 __all__ = ["ConfigError", "load_config", "set_override", "validate", "signature_defaults"]
 
@@ -40,6 +41,8 @@ def load_config(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} does not exist")
     if not path.is_file():
         raise ConfigError(f"config path {path} is a folder (or not a regular file); give a .json config such as configs/mnist.json")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {path} is {path.stat().st_size / 1e6:.1f} MB; a config is at most {MAX_CONFIG_BYTES // 10**6} MB")
     try:
         config = json.loads(path.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as err:
@@ -84,7 +87,7 @@ def check_range(section: dict[str, Any], key: str, path: str, low: float, high: 
     if not ok:
         kind = "an integer" if integer else "a number"
         where = f">= {low}" if high is None else f"in [{low}, {high}{')' if high_open else ']'}"
-        raise ConfigError(f"config key '{path}' must be {kind} {where}, got {value!r}")
+        raise ConfigError(f"config key '{path}' must be {kind} {where}, got {short(value)}")
 
 
 #: allowed keys (and example values for the type check) of the optimizer and lr_scheduler sections
@@ -97,10 +100,13 @@ def check_diffusion_values(diffusion: dict[str, Any]) -> None:
     from .diffusion.gaussian import PREDICTIONS
     from .diffusion.schedule import SCHEDULES
 
-    check_range(diffusion, "num_timesteps", "diffusion.num_timesteps", 1)
+    for key in ("optimizer", "lr_scheduler", "sampling"):
+        if diffusion.get(key) is not None and not isinstance(diffusion[key], dict):
+            raise ConfigError(f"config key 'diffusion.{key}' must be an object, got {type_name(diffusion[key])} ({short(diffusion[key])})")
+    check_range(diffusion, "num_timesteps", "diffusion.num_timesteps", 1, MAX_TIMESTEPS)
     for key, allowed in (("prediction", PREDICTIONS), ("schedule", SCHEDULES.names())):
         if key in diffusion and diffusion[key] not in allowed:
-            raise ConfigError(f"config key 'diffusion.{key}': unknown {key} {diffusion[key]!r}; choose one of: {', '.join(allowed)}")
+            raise ConfigError(f"config key 'diffusion.{key}': unknown {key} {short(diffusion[key])}; choose one of: {', '.join(allowed)}")
     check_range(diffusion, "ema_decay", "diffusion.ema_decay", 0, 1, integer=False, high_open=True)
     check_range(diffusion, "cond_drop_prob", "diffusion.cond_drop_prob", 0, 1, integer=False)
     if isinstance(diffusion.get("optimizer"), dict):
@@ -116,13 +122,31 @@ def check_diffusion_values(diffusion: dict[str, Any]) -> None:
         check_range(scheduler, "warmup_steps", "diffusion.lr_scheduler.warmup_steps", 0)
         if scheduler.get("total_steps") is not None:
             check_range(scheduler, "total_steps", "diffusion.lr_scheduler.total_steps", 1)
-    if isinstance(diffusion.get("sampling"), dict) and "guidance" in diffusion["sampling"]:
-        from .diffusion.guidance import check_guidance
+    if isinstance(diffusion.get("sampling"), dict):
+        check_sampling_section(diffusion["sampling"], "diffusion.sampling")
 
-        try:
-            check_guidance(diffusion["sampling"]["guidance"])
-        except UserError as err:
-            raise ConfigError(f"config key 'diffusion.sampling.guidance': {err}") from None
+
+def check_sampling_section(sampling: dict[str, Any], path: str) -> None:
+    """A section of sampler settings (``diffusion.sampling``, ``callbacks.images``): a known ``sampler``,
+    ``steps`` in [1, 10000] (a sampler refuses more steps than the model's timesteps, and every call
+    may give its own), ``guidance`` in [0, 50], ``eta`` >= 0, ``seed`` in [0, 2**63), ``n`` in [1, 1024]
+    -- checked when the config is read, not when the model is first sampled."""
+    from .diffusion import SAMPLERS
+    from .schema import check_guidance, check_seed
+
+    if "sampler" in sampling:
+        check_name(SAMPLERS, sampling["sampler"], f"{path}.sampler")
+    check_range(sampling, "steps", f"{path}.steps", 1, MAX_TIMESTEPS)
+    check_range(sampling, "n", f"{path}.n", 1, MAX_BATCH)
+    check_range(sampling, "eta", f"{path}.eta", 0, integer=False)
+    if "clip" in sampling:
+        check_type(sampling["clip"], True, f"{path}.clip")
+    for key, check in (("guidance", check_guidance), ("seed", check_seed)):
+        if key in sampling:
+            try:
+                check(sampling[key])
+            except UserError as err:
+                raise ConfigError(f"config key '{path}.{key}': {err}") from None
 
 
 def check_adapt(adapt: Any) -> None:
@@ -166,8 +190,11 @@ def validate(config: dict[str, Any]) -> None:
     if sum(key in config for key in MODEL_SECTIONS) != 1:
         raise ConfigError("config needs exactly one of 'denoising_model' (a model of its own), 'adapt' (adapt a foundation "
                           "checkpoint) or 'init_ckpt' (fine-tune a trained model's checkpoint)")
-    check_type(config["expt_name"], "", "expt_name")
+    check_folder_name(config["expt_name"], "expt_name")
     check_type(config.get("expt_dir", ""), "", "expt_dir")
+    for key in ("denoising_model", "diffusion", "data", "trainer_args", "callbacks"):  # before anything reads inside them
+        if key in config and not isinstance(config[key], dict):
+            raise ConfigError(f"config key '{key}' must be an object, got {type_name(config[key])} ({short(config[key])})")
     check_type(config.get("seed", 0), 0, "seed")
     check_range(config, "seed", "seed", 0, 2**63 - 1)
 
@@ -195,8 +222,9 @@ def validate(config: dict[str, Any]) -> None:
     data = config["data"]
     factory = check_name(DATASETS, data.get("dataset"), "data.dataset")
     check_keys(data, {"dataset": "", "batch_size": 1, "val_batch_size": 1, "num_workers": 0, **signature_defaults(factory, skip=("split",))}, "data")
-    for key, low in (("image_size", 1), ("batch_size", 1), ("val_batch_size", 1), ("num_workers", 0)):
-        check_range(data, key, f"data.{key}", low)
+    for key, low, high in (("image_size", 1, MAX_IMAGE_SIZE), ("batch_size", 1, MAX_BATCH_SIZE), ("val_batch_size", 1, MAX_BATCH_SIZE),
+                           ("num_workers", 0, 256)):
+        check_range(data, key, f"data.{key}", low, high)
     if "image_size" in data and "denoising_model" in config:
         levels = len(config["denoising_model"].get("channel_mult", signature_defaults(UNet)["channel_mult"]))
         if data["image_size"] % 2 ** (levels - 1):
@@ -209,8 +237,72 @@ def validate(config: dict[str, Any]) -> None:
         value = trainer_args.get(key)
         if value is not None:
             if isinstance(value, bool) or not isinstance(value, int) or value == 0 or value < -1:
-                raise ConfigError(f"config key 'trainer_args.{key}' must be an integer >= 1, or -1 for no limit; got {trainer_args[key]!r}")
+                raise ConfigError(f"config key 'trainer_args.{key}' must be an integer >= 1, or -1 for no limit; got {short(trainer_args[key])}")
+    check_trainer_values(trainer_args)
     callbacks = config.get("callbacks", {})
     check_keys(callbacks, {k: {} for k in CALLBACK_KEYS}, "callbacks")
     for name, section in callbacks.items():
         check_keys(section, CALLBACK_KEYS[name], f"callbacks.{name}")
+    check_callback_values(callbacks)
+
+
+#: Trainer arguments the experiment sets itself (from expt_dir and the callbacks section)
+TRAINER_OWN = {"callbacks": "the 'callbacks' section", "default_root_dir": "'expt_dir' and 'expt_name'"}
+
+
+def check_trainer_values(trainer_args: dict[str, Any]) -> None:
+    """The Trainer arguments whose bad values Lightning reports late, or with a traceback."""
+    for key, where in TRAINER_OWN.items():
+        if key in trainer_args:
+            raise ConfigError(f"config key 'trainer_args.{key}' is set by the experiment from {where}; remove it")
+    check_range(trainer_args, "accumulate_grad_batches", "trainer_args.accumulate_grad_batches", 1, MAX_BATCH_SIZE)
+    for key in ("limit_train_batches", "limit_val_batches", "val_check_interval", "overfit_batches"):
+        value = trainer_args.get(key)
+        if value is None:
+            continue
+        positive = key in ("limit_train_batches", "val_check_interval")  # 0 would train (or validate) nothing, or divide by 0
+        number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if not number or value < 0 or (isinstance(value, float) and value > 1) or (positive and value == 0):
+            allowed = "an integer >= 1 (batches) or a fraction in (0, 1]" if positive else "an integer >= 0 (batches) or a fraction in [0, 1]"
+            raise ConfigError(f"config key 'trainer_args.{key}' must be {allowed}, got {short(value)}")
+
+
+def check_callback_values(callbacks: dict[str, Any]) -> None:
+    """Ranges in the ``callbacks`` sections (Lightning refuses some only with a traceback), and wandb installed when enabled."""
+    checkpoint = callbacks.get("checkpoint", {})
+    for key in ("every_n_train_steps", "every_n_epochs"):
+        check_range(checkpoint, key, f"callbacks.checkpoint.{key}", 0)
+    check_range(checkpoint, "save_top_k", "callbacks.checkpoint.save_top_k", -1)
+    images = callbacks.get("images", {})
+    check_range(images, "every_n_train_steps", "callbacks.images.every_n_train_steps", 0)
+    check_sampling_section(images, "callbacks.images")
+    if callbacks.get("wandb", {}).get("enabled"):
+        import importlib.util
+
+        if importlib.util.find_spec("wandb") is None:
+            raise ConfigError("config key 'callbacks.wandb.enabled' is true but wandb is not installed; "
+                              "install it (pip install wandb) or set callbacks.wandb.enabled=false")
+
+
+def check_checkpoint_metadata(meta: Any) -> None:
+    """The metadata a checkpoint or export carries (``config``, ``model``, ``image_shape``, ``class_names``):
+    types, and every size bounded as in a config, before anything is built from it."""
+    if not isinstance(meta, dict) or not {"config", "model", "image_shape"} <= set(meta):
+        raise ConfigError("it must be an object holding 'config', 'model' and 'image_shape'")
+    for key in ("config", "model"):
+        if not isinstance(meta[key], dict):
+            raise ConfigError(f"'{key}' must be an object, got {type_name(meta[key])} ({short(meta[key])})")
+    shape = meta["image_shape"]
+    if not (isinstance(shape, list) and len(shape) == 3 and all(isinstance(v, int) and not isinstance(v, bool) for v in shape)
+            and 1 <= shape[0] <= 64 and all(1 <= v <= MAX_IMAGE_SIZE for v in shape[1:])):
+        raise ConfigError(f"'image_shape' must be [channels 1-64, height, width 1-{MAX_IMAGE_SIZE}], got {short(shape)}")
+    names = meta.get("class_names") or []
+    if not (isinstance(names, list) and len(names) <= 100_000 and all(isinstance(n, str) for n in names)):
+        raise ConfigError(f"'class_names' must be a list of strings, got {short(names)}")
+    diffusion = meta["config"].get("diffusion", {})
+    if not isinstance(diffusion, dict):
+        raise ConfigError(f"config key 'diffusion' must be an object, got {type_name(diffusion)}")
+    check_diffusion_values(diffusion)
+    for key in ("num_timesteps",):  # the model's own copy of the chain length, where it keeps one
+        if key in meta["model"]:
+            check_range(meta["model"], key, f"model.{key}", 1, MAX_TIMESTEPS)

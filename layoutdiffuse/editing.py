@@ -111,27 +111,23 @@ def load_image(path: str | Path, channels: int) -> torch.Tensor:
     """A PNG/JPEG file -> ``(C, H, W)`` in [-1, 1] with ``channels`` 1 (gray) or 3 (RGB)."""
     from torchvision.io import ImageReadMode, decode_image
 
-    from .errors import MissingFileError
+    from .files import check_readable
 
-    path = Path(path)
-    if not path.is_file():
-        raise MissingFileError(f"image {path} does not exist")
+    path = check_readable(path, "image")
     mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
     try:
         data = decode_image(str(path), mode=mode)
     except RuntimeError as err:
         raise UserError(f"cannot read image {path}: {err}") from err
-    return data.float() / 127.5 - 1
+    return data.float() / (65535 / 2 if data.dtype == torch.uint16 else 127.5) - 1  # 16-bit PNGs span 0-65535
 
 
 def save_image(image: torch.Tensor, path: str | Path) -> Path:
-    """Write ``image (C, H, W)`` in [-1, 1] as a PNG with its own channels (1 = gray), parents created."""
-    from torchvision.io import write_png
+    """Write ``image (C, H, W)`` in [-1, 1] with its own channels (1 = gray), in the format its suffix
+    names (``.png``, ``.jpg``, ...), atomically; parents created."""
+    from .files import save_picture
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_png(((image.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8), str(path))
-    return path
+    return save_picture(((image.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8), path)
 
 
 def edit_file(image: str | Path, layout: Any, new_layout: Any, out: str | Path, n: int = 1, grid: str | Path | None = None,
@@ -139,13 +135,19 @@ def edit_file(image: str | Path, layout: Any, new_layout: Any, out: str | Path, 
     """What ``python -m layoutdiffuse edit`` does: edit the image file, write ``out`` (``n = 1``) or
     ``out``'s stem ``_000.png ...`` (``n > 1``), and with ``grid`` a picture of the original and the
     edits with their layouts drawn. ``options``: those of :func:`edit`. Returns the paths written."""
+    from .files import check_output_path
+    from .schema import MAX_BATCH, check_sampling_options
     from .visualize import save_grid
 
+    check_sampling_options(n=n, max_n=MAX_BATCH, **{k: options.get(k) for k in ("seed", "guidance", "steps", "resample")})
+    out = Path(out)
+    outs = [out] if n == 1 else [out.with_name(f"{out.stem}_{i:03d}{out.suffix}") for i in range(n)]
+    for path in outs + ([Path(grid)] if grid is not None else []):  # before any sampling
+        check_output_path(path, "--out" if path != grid else "--grid")
     module = module_for(options.pop("ckpt", None), options.pop("device", None), options.pop("dtype", None))
     original = load_image(image, module.image_shape[0])
     edited = edit(original, layout, new_layout, ckpt=module, n=n, **options)
-    out = Path(out)
-    paths = [save_image(edited[0], out)] if n == 1 else [save_image(x, out.with_name(f"{out.stem}_{i:03d}.png")) for i, x in enumerate(edited)]
+    paths = [save_image(x, path) for x, path in zip(edited, outs)]
     if grid is not None:
         names = module.label_names
         old, new = pad_layouts([as_layout(layout, names), as_layout(new_layout, names)])
@@ -168,15 +170,19 @@ def edit(image: Any, layout: Any, new_layout: Any, ckpt: str | Path | pl.Lightni
     ``device`` / ``dtype``: as for :func:`layoutdiffuse.sample`.
     Returns ``(n, C, H, W)`` in [-1, 1], float32 on the CPU; pixels outside the changed boxes are the original's.
     """
-    if n < 1:
-        raise UserError(f"n must be >= 1, got {n}")
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-        raise UserError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    from .schema import MAX_BATCH, check_image_values, check_integer, check_sampling_options
+
+    check_sampling_options(n=n, seed=seed, guidance=guidance, steps=steps, resample=resample, max_n=MAX_BATCH)
+    if not isinstance(progress, bool):
+        raise UserError(f"progress must be true or false, got {type(progress).__name__}")
+    if batch_size is not None:
+        check_integer(batch_size, "batch_size", 1)
     module = module_for(ckpt, device, dtype)
     if isinstance(image, (str, Path)):
         image = load_image(image, module.image_shape[0])
     if not isinstance(image, torch.Tensor):
         raise UserError(f"image must be a tensor (C, H, W) in [-1, 1] or an image file, got {type(image).__name__}")
+    check_image_values(image)
     images = image[None] if image.ndim == 3 else image
     if images.ndim == 4 and len(images) != 1:
         raise UserError(f"edit takes one image (C, H, W); for a batch use layoutdiffuse.editing.edit_images, got {tuple(image.shape)}")

@@ -7,6 +7,13 @@ what is allowed. This module imports nothing from the package, so every module c
 from __future__ import annotations
 
 
+def short(value: object, limit: int = 100) -> str:
+    """``repr(value)`` cut to about ``limit`` characters, for echoing what a user gave (a 900 KB string
+    is never echoed whole)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 class UserError(ValueError):
     """Bad input from the user. A ``ValueError``, so ``except ValueError`` still catches it."""
 

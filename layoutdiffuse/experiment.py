@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytorch_lightning as pl
-import torch
 from torch.utils.data import DataLoader
 
 from .checkpoints import check_fits, export_weights, read_checkpoint, read_weights, sampling_state_dict  # noqa: F401 (public here too)
@@ -23,10 +22,10 @@ from .schema import ConfigError
 from .data.loader import ResumableDataLoader
 from .data.registry import DATASETS
 from .factory import build_model, build_module, load_checkpoint  # noqa: F401 (public here too)
-from .files import AtomicCheckpointIO
+from .files import AtomicCheckpointIO, check_readable
 from .sd.foundation import foundation_kind
 from .sd.spec import is_foundation_config
-from .training.callbacks import build_callbacks
+from .training.callbacks import Interrupted, SaveOnSignal, build_callbacks
 from .training.progress import ProgressLog, StepProgressBar, interactive
 from .errors import UserError, MissingFileError
 
@@ -104,8 +103,8 @@ def build_trainer(config: dict[str, Any], class_names: list[str] | None = None, 
 
     try:
         return pl.Trainer(default_root_dir=str(out), callbacks=callbacks, **args)
-    except MisconfigurationException as err:
-        raise ConfigError(f"config 'trainer_args' is refused by Lightning's Trainer: {err}") from None
+    except (MisconfigurationException, ValueError, TypeError) as err:  # Lightning refuses some values with a plain ValueError
+        raise ConfigError(f"config 'trainer_args' is refused by Lightning's Trainer: {str(err)[:300]}") from None
 
 
 def keep_csv_history(trainer: pl.Trainer, before_step: int) -> None:
@@ -129,17 +128,39 @@ def keep_csv_history(trainer: pl.Trainer, before_step: int) -> None:
         logger.experiment.metrics[:0] = rows  # the writer (created here) has just removed the old file
 
 
-def train(config: dict[str, Any], resume: str | Path | None = None, **trainer_overrides: Any) -> pl.LightningModule:
-    """Train the experiment of ``config``; ``resume`` is a checkpoint path or ``"last"``."""
+def refuse_overwrite(out: Path, resume: Any, overwrite: bool) -> None:
+    """A run that does not resume never silently replaces the checkpoints of an earlier run of the
+    same folder; with ``overwrite`` they are removed first (a log line names them)."""
+    old = sorted((out / "checkpoints").glob("*.ckpt")) if (out / "checkpoints").is_dir() else []
+    if resume or not old:
+        return
+    if not overwrite:
+        raise UserError(f"experiment folder {out} already holds checkpoints of a run ({', '.join(p.name for p in old[:3])}"
+                        f"{', ...' if len(old) > 3 else ''}); continue it with --resume last, give this run another "
+                        "expt_name (--set expt_name=NAME), or start it over with --overwrite")
+    log.warning("--overwrite: removing %d checkpoint(s) of the earlier run in %s", len(old), out / "checkpoints")
+    for path in old:
+        path.unlink()
+
+
+def train(config: dict[str, Any], resume: str | Path | None = None, overwrite: bool = False, **trainer_overrides: Any) -> pl.LightningModule:
+    """Train the experiment of ``config``; ``resume`` is a checkpoint path or ``"last"``. A folder
+    holding checkpoints is only started over with ``overwrite``."""
     validate(config)
+    if not overwrite:  # fail before the data loads
+        refuse_overwrite(experiment_dir(config), resume, False)
     if is_foundation_config(config):  # fail before the data loads when the foundation's weights are missing
         spec = config["adapt"]
         foundation_kind(spec["foundation"]).check_files(spec["path"], spec.get("config"))
     pl.seed_everything(config.get("seed", 0), workers=True, verbose=False)
     datasets = build_datasets(config)
     loaders = build_loaders(config, datasets)
+    if len(loaders["train"]) == 0:  # full batches only (drop_last): the run would train nothing and say "done"
+        raise ConfigError(f"config key 'data.batch_size' ({loaders['train'].batch_size}) is larger than the training set "
+                          f"({len(datasets['train'])} samples): not one full batch; lower data.batch_size or use more data")
     module = build_module(config, class_names=list(getattr(datasets["train"], "class_names", None) or []))
     with experiment_lock(experiment_dir(config)):
+        refuse_overwrite(experiment_dir(config), resume, overwrite)  # again, now that no other run can write there
         trainer = build_trainer(config, class_names=module.class_names or None, **trainer_overrides)
         fit(trainer, module, loaders, config, resume)
     return module
@@ -152,6 +173,22 @@ def fit(trainer: pl.Trainer, module: pl.LightningModule, loaders: dict[str, Data
         ckpt_path = experiment_dir(config) / "checkpoints" / "last.ckpt" if str(resume) == "last" else Path(resume)
         if not ckpt_path.exists():
             raise MissingFileError(f"cannot resume: {ckpt_path} does not exist")
-        start_step = read_checkpoint(ckpt_path)["global_step"]  # a clear error for a foreign or corrupted file
-        keep_csv_history(trainer, start_step)
-    trainer.fit(module, loaders["train"], loaders["val"] if trainer.limit_val_batches else None, ckpt_path=ckpt_path, weights_only=True if ckpt_path else None)
+        check_readable(ckpt_path, "--resume checkpoint")
+        ckpt = read_checkpoint(ckpt_path)  # a clear error for a foreign or corrupted file
+        from .state_dicts import state_dict_mismatch
+
+        if mismatch := state_dict_mismatch(module, ckpt["state_dict"]):  # another architecture: Lightning would fail mid-restore
+            raise UserError(f"cannot resume from {ckpt_path}: its weights do not fit this config's model ({mismatch[:400]}); "
+                            "resume with the config it was trained with, or start a new expt_name")
+        keep_csv_history(trainer, ckpt["global_step"])
+    from lightning_fabric.utilities.exceptions import MisconfigurationException
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    try:
+        trainer.fit(module, loaders["train"], loaders["val"] if trainer.limit_val_batches else None, ckpt_path=ckpt_path, weights_only=True if ckpt_path else None)
+    except SIGTERMException:  # stopped by SIGTERM/SIGINT: exit 143/130, not 0 (the checkpoint is written by SaveOnSignal)
+        stop = next((c for c in trainer.callbacks if isinstance(c, SaveOnSignal)), None)
+        raise (Interrupted(stop.signum, stop.saved) if stop else Interrupted()) from None
+    except MisconfigurationException as err:  # what Lightning refuses only once fit starts
+        raise ConfigError(f"config 'trainer_args' is refused by Lightning: {str(err)[:300]}") from None
+

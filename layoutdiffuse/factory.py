@@ -23,6 +23,7 @@ from .errors import UserError
 from .nn import UNet
 from .schema import ConfigError
 from .sd.spec import is_foundation_config
+from .state_dicts import dtype_mismatch
 from .training.callbacks import CKPT_KEY
 from .training.latent import LatentDDPMTraining
 from .training.registry import TRAININGS
@@ -139,12 +140,17 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device | None = 
     config = meta["config"]
     plain = is_plain_unet(meta)
     target = resolve_dtype(dtype, device, latent=is_foundation_config(config))
-    if plain:  # the UNet's tensors checked before anything is allocated
+    if not is_foundation_config(config):  # the denoiser's tensors checked on the meta device before anything is allocated
         check_fits(path, meta["model"], ckpt["state_dict"])
-    with parameters_on_meta() if plain else contextlib.nullcontext():
-        module = build_module(config, architecture=meta["model"], image_shape=tuple(meta["image_shape"]),
-                              class_names=meta.get("class_names") or [])
+    try:
+        with parameters_on_meta() if plain else contextlib.nullcontext():
+            module = build_module(config, architecture=meta["model"], image_shape=tuple(meta["image_shape"]),
+                                  class_names=meta.get("class_names") or [])
+    except UserError as err:
+        raise UserError(f"checkpoint {path}: its metadata describes a model that cannot be built: {err}") from None
     state = module_state(module, {k: cast(v, target) for k, v in ckpt["state_dict"].items()})
+    if wrong := dtype_mismatch(module.state_dict(), state):  # a bool or int8 tensor would be cast (or assigned) silently
+        raise UserError(f"checkpoint {path} does not fit the model it describes: {wrong}")
     try:
         missing, unexpected = module.load_state_dict(state, strict=False, assign=plain)
     except RuntimeError as err:  # size mismatches the UNet check above cannot see (foundation modules)

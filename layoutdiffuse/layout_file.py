@@ -15,6 +15,7 @@ import torch
 
 from .layout import LayoutError, validate_layout
 from .errors import MissingFileError
+from .schema import short
 
 
 def parse_layout(objects: Any, class_names: Sequence[str]) -> torch.Tensor:
@@ -26,7 +27,7 @@ def parse_layout(objects: Any, class_names: Sequence[str]) -> torch.Tensor:
     rows = []
     for i, obj in enumerate(objects):
         if not isinstance(obj, dict) or set(obj) - {"label", "box"} or not {"label", "box"} <= set(obj):
-            raise LayoutError(f"object {i}: expected exactly the keys 'label' and 'box', got {obj!r}")
+            raise LayoutError(f"object {i}: expected exactly the keys 'label' and 'box', got {short(obj)}")
         label, box = obj["label"], obj["box"]
         if isinstance(label, str) and label in class_names:
             cls = list(class_names).index(label)
@@ -34,10 +35,13 @@ def parse_layout(objects: Any, class_names: Sequence[str]) -> torch.Tensor:
             cls = label
         else:
             shown = ", ".join(class_names[:20]) + (" ..." if len(class_names) > 20 else "")
-            raise LayoutError(f"object {i}: unknown label {label!r}; use a class name ({shown}) or an id in [0, {len(class_names)})")
+            raise LayoutError(f"object {i}: unknown label {short(label)}; use a class name ({shown}) or an id in [0, {len(class_names)})")
         if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)):
-            raise LayoutError(f"object {i}: 'box' must be a list of 4 numbers [x, y, w, h] in [0, 1], got {box!r}")
-        rows.append([*map(float, box), float(cls)])
+            raise LayoutError(f"object {i}: 'box' must be a list of 4 numbers [x, y, w, h] in [0, 1], got {short(box)}")
+        try:
+            rows.append([*map(float, box), float(cls)])
+        except OverflowError:  # an integer beyond any float (1 followed by 400 zeros)
+            raise LayoutError(f"object {i}: 'box' holds a number too large for a float; give numbers in [0, 1], got {short(box)}") from None
     layout = torch.tensor(rows, dtype=torch.float32).reshape(-1, 5)
     return validate_layout(layout, len(class_names))
 
@@ -81,7 +85,6 @@ def layout_to_json(layout: torch.Tensor, class_names: Sequence[str]) -> list[dic
 
 
 def save_layout(layout: torch.Tensor, path: str | Path, class_names: Sequence[str]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(layout_to_json(layout, class_names), indent=1))
-    return path
+    from .files import save_text
+
+    return save_text(json.dumps(layout_to_json(layout, class_names), indent=1), path)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from typing import Callable, Generic, TypeVar
-from .errors import UnknownNameError
+from .errors import UnknownNameError, short
 
 T = TypeVar("T")
 
@@ -32,7 +32,7 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         if name not in self._items:
-            raise UnknownNameError(f"unknown {self.kind} '{name}'; choose one of: {', '.join(self.names())}")
+            raise UnknownNameError(f"unknown {self.kind} {short(name if isinstance(name, str) else str(name))}; choose one of: {', '.join(self.names())}")
         return self._items[name]
 
     def names(self) -> list[str]:

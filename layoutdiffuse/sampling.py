@@ -12,7 +12,6 @@ give the same images.
 from __future__ import annotations
 
 import contextlib
-import numbers
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -20,7 +19,7 @@ from typing import Any, Iterator
 import pytorch_lightning as pl
 import torch
 
-from .diffusion.guidance import check_guidance, class_labels
+from .diffusion.guidance import class_labels
 from .layout import validate_layout
 from .layout_file import load_layout, parse_layout
 from .errors import UserError, MissingFileError
@@ -34,11 +33,15 @@ def load_model(ckpt: str | Path | None = None, device: str | torch.device = "aut
     there is one, half precision for latent models on CUDA, float32 otherwise)."""
     from .factory import load_checkpoint
 
+    from .files import check_readable
+
+    if ckpt is not None and not isinstance(ckpt, (str, Path)):
+        raise UserError(f"ckpt must be a checkpoint path or a loaded module, got {type(ckpt).__name__}")
     path = Path(ckpt) if ckpt is not None else SHIPPED_MODEL
     if not path.exists():
         hint = " (the shipped model is missing from this install)" if ckpt is None else ""
         raise MissingFileError(f"checkpoint {path} does not exist{hint}")
-    return load_checkpoint(path, device=device, dtype=dtype)
+    return load_checkpoint(check_readable(path, "checkpoint"), device=device, dtype=dtype)
 
 
 def module_for(ckpt: str | Path | pl.LightningModule | None, device: str | torch.device | None,
@@ -186,13 +189,10 @@ def sample(
     default ``auto`` for a checkpoint loaded here; a module given stays where it is unless they are
     given, and is then moved). Images come back float32 on the CPU, layouts on the CPU.
     """
-    for name, value in (("n", n), ("batch_size", batch_size)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1):
-            raise UserError(f"{name} must be an integer >= 1, got {value!r}")
-    if guidance is not None:
-        check_guidance(guidance)
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**63:
-        raise UserError(f"seed must be an integer in [0, 2**63), got {seed!r}")
+    from .schema import check_integer, check_sampling_options
+
+    check_sampling_options(n=n, seed=seed, guidance=guidance, steps=steps)
+    check_integer(batch_size, "batch_size", 1)
     module = module_for(ckpt, device, dtype)
     check_conditions(module, layout, mask, prompt, negative_prompt)
     opts = dict(sampler=sampler, steps=steps, seed=seed, progress=progress)

@@ -40,3 +40,16 @@ def state_dict_mismatch(model: nn.Module, state_dict: Mapping[str, torch.Tensor]
     if shapes:
         parts.append(f"{len(shapes)} keys with another shape (given vs model) {listed(shapes)}")
     return "; ".join(parts)
+
+
+def dtype_mismatch(own: Mapping[str, torch.Tensor], state_dict: Mapping[str, torch.Tensor]) -> str:
+    """Empty when every tensor of ``state_dict`` holds the kind of number its model tensor in ``own`` holds
+    (floating point for floating point, integers for integers; never bool or complex where the model has
+    neither); else one line naming the keys. ``load_state_dict`` would silently cast a bool or int8
+    tensor into float weights."""
+    def kind(t: torch.Tensor) -> str:
+        return "bool" if t.dtype == torch.bool else "complex" if t.is_complex() else "float" if t.is_floating_point() else "integer"
+
+    bad = [f"{k}: {v.dtype} (the model holds {own[k].dtype})" for k, v in state_dict.items()
+           if k in own and isinstance(v, torch.Tensor) and kind(v) != kind(own[k])]
+    return f"{len(bad)} tensors of another kind of number {listed(bad, 4)}" if bad else ""

@@ -60,13 +60,12 @@ def grid_columns(module: Any) -> int | None:
 
 
 def save_grid(images: torch.Tensor, path: str | Path, layouts: torch.Tensor | None = None, class_names: Sequence[str] | None = None, nrow: int | None = None, scale: int | None = None) -> Path:
-    """Write :func:`grid` as a PNG (parent folders created, written atomically). Returns the path."""
-    from PIL import Image
-
-    from .files import atomic_path
+    """Write :func:`grid` in the format ``path``'s suffix names (parent folders created, written atomically). Returns the path."""
+    from .files import atomic_path, image_format
 
     path = Path(path)
+    fmt = image_format(path)
     picture = grid(images, layouts, class_names, nrow, scale).float() / 255
     with atomic_path(path) as tmp:  # the temporary name has no image suffix: name the format
-        save_image(picture, tmp, format=Image.registered_extensions().get(path.suffix.lower(), "PNG"))
+        save_image(picture, tmp, format=fmt)
     return path

@@ -37,6 +37,7 @@ from ..conditions import collate
 from .paths import data_root
 from .transforms import BadImageError, LayoutTransform, SkipBadImages, read_image, require_file
 from ..errors import UserError
+from ..files import save_picture
 
 log = logging.getLogger(__name__)
 
@@ -137,9 +138,7 @@ def merge_celebamask(root: str | os.PathLike | None = None, indices: Iterable[in
             report.empty.append(i)
             log.warning("image %d has no part mask in %s; writing an all-background map", i, anno)
             label = np.zeros((512, 512), dtype=np.uint8)
-        tmp = out / f"{i}.tmp.png"
-        Image.fromarray(label).save(tmp)
-        tmp.replace(target)
+        save_picture(Image.fromarray(label), target)
         report.written.append(i)
     log.info("merged %d, kept %d existing, %d empty, %d failed -> %s", len(report.written), len(report.existing),
              len(report.empty), len(report.failed), out)

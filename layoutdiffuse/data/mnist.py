@@ -75,10 +75,10 @@ def install_mnist_archives(source: str | os.PathLike, root: str | os.PathLike | 
             raise MissingFileError(f"missing {archive}; expected the four MNIST .gz files: {', '.join(f + '.gz' for f in FILES)}")
         if archive.name in sums and hashlib.sha256(archive.read_bytes()).hexdigest() != sums[archive.name]:
             raise UserError(f"checksum mismatch for {archive} (SHA256SUMS in {source})")
-        tmp = target.with_suffix(".part")
-        with gzip.open(archive, "rb") as src, open(tmp, "wb") as dst:
+        from ..files import atomic_path
+
+        with atomic_path(target) as tmp, gzip.open(archive, "rb") as src, open(tmp, "wb") as dst:
             shutil.copyfileobj(src, dst)
-        tmp.replace(target)
         log.info("unpacked %s", target)
     return raw
 

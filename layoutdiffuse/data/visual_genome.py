@@ -36,6 +36,7 @@ import numpy as np
 from .paths import data_root
 from .transforms import BoxLayoutDataset, LayoutTransform, clipped_area_fraction, require_file, select_objects
 from ..errors import UserError
+from ..files import atomic_path, save_text
 
 log = logging.getLogger(__name__)
 
@@ -226,20 +227,17 @@ def preprocess_visual_genome(vg: str | os.PathLike | None = None, out_dir: str |
                 boxes.append(box)
         offsets = np.zeros(len(ids) + 1, dtype=np.int64)
         np.cumsum(np.asarray(counts, dtype=np.int64), out=offsets[1:])
-        tmp = out / f"{name}.tmp.npz"
-        np.savez(tmp, image_ids=np.asarray(ids, dtype=np.int64), image_paths=np.asarray(paths, dtype=str),
-                 image_sizes=np.asarray(sizes, dtype=np.int64).reshape(-1, 2), offsets=offsets,
-                 object_classes=np.asarray(classes, dtype=np.int64),
-                 object_boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4))
-        tmp.replace(out / f"{name}.npz")
+        with atomic_path(out / f"{name}.npz") as tmp, open(tmp, "wb") as f:
+            np.savez(f, image_ids=np.asarray(ids, dtype=np.int64), image_paths=np.asarray(paths, dtype=str),
+                     image_sizes=np.asarray(sizes, dtype=np.int64).reshape(-1, 2), offsets=offsets,
+                     object_classes=np.asarray(classes, dtype=np.int64),
+                     object_boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4))
         stats["images"][name] = len(ids)
         stats["skipped"][name] = dict(skip)
         log.info("VG %s: %d images (%s)", name, len(ids), dict(skip))
     vocab = {"object_idx_to_name": names, "object_name_to_idx": name_to_idx, "pred_idx_to_name": predicates,
              "params": p, "stats": stats}
-    tmp = out / "vocab.tmp.json"
-    tmp.write_text(json.dumps(vocab))
-    tmp.replace(vocab_path)  # written last: its presence marks a complete run
+    save_text(json.dumps(vocab), vocab_path)  # written last: its presence marks a complete run
     return stats
 
 

@@ -3,7 +3,6 @@
 What each condition kind's null value, dropout and batching are: :mod:`layoutdiffuse.conditions`."""
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -11,23 +10,11 @@ from torch import nn
 
 from ..conditions import batch_size, cat_conditions, check_condition, drop_condition, model_classes, null_condition
 from ..errors import UserError
+from ..schema import GUIDANCE_RANGE, check_guidance  # noqa: F401 -- the one check of a guidance scale, re-exported
 from .gaussian import ModelFn
 
 __all__ = ["GUIDANCE_RANGE", "check_guidance", "conditioned", "classifier_free_guidance", "class_labels",
            "null_condition", "drop_condition"]  # the last two: the condition table's, used with guidance
-
-#: the guidance scales accepted: 0 is the unconditional model, 1 the conditional one, and scales in
-#: use lie between 1 and ~15; far beyond, every sample saturates
-GUIDANCE_RANGE = (0.0, 50.0)
-
-
-def check_guidance(scale: Any) -> float:
-    """``scale`` as a float if it is a finite number in :data:`GUIDANCE_RANGE`, else :class:`UserError`."""
-    low, high = GUIDANCE_RANGE
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or not low <= scale <= high:
-        raise UserError(f"guidance must be a finite number in [{low:g}, {high:g}] (0 = unconditional, 1 = conditional, "
-                        f"typical 1-15), got {scale!r}")
-    return float(scale)
 
 
 def conditioned(model: nn.Module, cond: dict[str, Any] | None) -> ModelFn:

@@ -39,7 +39,16 @@ def cosine_betas(num_timesteps: int, s: float = 0.008, max_beta: float = 0.999) 
 
 
 def make_betas(schedule: str, num_timesteps: int, **kwargs) -> torch.Tensor:
-    """Betas of a registered schedule (``linear``, ``scaled_linear``, ``cosine``). float64 ``(T,)``."""
-    if num_timesteps < 1:
-        raise UserError(f"num_timesteps must be >= 1, got {num_timesteps}")
-    return SCHEDULES.get(schedule)(num_timesteps, **kwargs)
+    """Betas of a registered schedule (``linear``, ``scaled_linear``, ``cosine``). float64 ``(T,)``.
+
+    ``num_timesteps`` must be an integer in [1, :data:`~layoutdiffuse.schema.MAX_TIMESTEPS`] (each
+    schedule buffer holds T floats), and the schedule must give betas in (0, 1) for it (the linear
+    schedule, stretched to 1000 steps' noise, needs at least 21). Errors name the config key."""
+    from ..schema import MAX_TIMESTEPS, check_integer
+
+    check_integer(num_timesteps, "config key 'diffusion.num_timesteps'", 1, MAX_TIMESTEPS)
+    betas = SCHEDULES.get(schedule)(num_timesteps, **kwargs)
+    if not betas.is_meta and not bool(((betas > 0) & (betas < 1)).all()):  # a meta-device probe is checked when really built
+        raise UserError(f"config key 'diffusion.num_timesteps' = {num_timesteps} with the {schedule!r} schedule gives betas outside (0, 1) "
+                        f"(they reach {betas.max().item():.3g}); use more timesteps or another schedule")
+    return betas

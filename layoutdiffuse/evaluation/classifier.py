@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..files import save_safetensors
+from ..files import save_safetensors, save_text
 from ..errors import UserError, MissingFileError
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ def save_digit_classifier(model: DigitClassifier, path: str | os.PathLike, info:
     info["widths"] = list(model.widths)
     state = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
     path = save_safetensors(state, path, metadata={"info": json.dumps(info)})
-    path.with_suffix(".json").write_text(json.dumps(info, indent=2) + "\n")
+    save_text(json.dumps(info, indent=2) + "\n", path.with_suffix(".json"))
 
 
 def load_digit_classifier(path: str | os.PathLike | None = None, device: torch.device | str | None = None) -> DigitClassifier:

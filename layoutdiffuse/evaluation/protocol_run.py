@@ -22,7 +22,6 @@ detector, the crop judge, digit-LPIPS). Nothing is downloaded.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -42,7 +41,7 @@ from ..errors import UserError
 from ..files import atomic_path
 from .protocols.catalog import get_protocol
 from .protocols.layouts import ProtocolData, load_protocol_data, real_images
-from .protocols.spec import Protocol, canonical_json, file_sha256
+from .protocols.spec import Protocol, file_sha256
 from .protocols import scoring
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import MissingFileError, UserError
+from ..errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +34,9 @@ def _inert(name: str) -> type:
 
 def read_checkpoint_dict(path: str | Path) -> dict:
     """The object of a release ``.ckpt``, read by the restricted unpickler (see the module docstring)."""
-    path = Path(path)
-    if not path.is_file():
-        raise MissingFileError(f"release checkpoint {path} does not exist")
+    from ..files import check_readable
+
+    path = check_readable(path, "release checkpoint")
     import torch.serialization as ser
 
     try:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import MissingFileError, UserError
+from ..schema import MAX_CONFIG_BYTES, MAX_TIMESTEPS, short
 
 #: release ``instance_prompt_attn_type`` -> mask layouts?  (the ablation variants are not supported)
 ATTN_TYPES = {"layout_partial": False, "layout_partial_v2": False, "segmentation": True}
@@ -29,6 +30,39 @@ KNOWN_ARGS = {
     "dims", "num_heads_upsample", "use_new_attention_order", "resblock_updown", "use_linear_in_transformer", "num_classes",
 }
 
+#: (type, low, high) of the release's numbers this converter reads; sizes are bounded so that a mistyped
+#: config cannot ask for a model of hundreds of GB. ``list`` entries hold positive integers.
+RELEASE_NUMBERS: dict[str, tuple[type, float, float]] = {
+    "image_size": (int, 1, 1024), "in_channels": (int, 1, 64), "out_channels": (int, 1, 64), "model_channels": (int, 1, 4096),
+    "num_res_blocks": (int, 1, 16), "attention_resolutions": (list, 1, 64), "channel_mult": (list, 1, 64),
+    "num_heads": (int, -1, 1024), "num_head_channels": (int, -1, 4096), "transformer_depth": (int, 1, 64),
+    "text_context_dim": (int, 1, 8192), "context_dim": (int, 1, 8192), "prompt_dim": (int, 1, 8192), "num_prompt": (int, 0, 1024),
+    "instance_attn_res": (list, 1, 64), "dropout": (float, 0, 1),
+}
+#: the model_args every release config holds
+RELEASE_REQUIRED = ("in_channels", "out_channels", "model_channels", "num_res_blocks", "attention_resolutions", "channel_mult")
+SCHEDULE_NUMBERS = {"n_timestep": (int, 1, MAX_TIMESTEPS), "linear_start": (float, 0, 1), "linear_end": (float, 0, 1)}
+
+
+def check_release_numbers(section: Mapping[str, Any], table: dict[str, tuple[type, float, float]], where: str) -> None:
+    """Types and ranges of a release config section's numbers (one line naming the key)."""
+    def number(v: Any, kind: type) -> bool:
+        ok = isinstance(v, (int, float)) if kind is float else isinstance(v, int)
+        return ok and not isinstance(v, bool) and math.isfinite(v)
+
+    for key, (kind, low, high) in table.items():
+        if key not in section or section[key] is None:
+            continue
+        value = section[key]
+        if kind is list:
+            ok = isinstance(value, (list, tuple)) and 0 < len(value) <= 16 and all(number(v, int) and low <= v <= high for v in value)
+            want = f"a list of 1-16 integers in [{low}, {high}]"
+        else:
+            ok = number(value, kind) and low <= value <= high
+            want = f"{'an integer' if kind is int else 'a number'} in [{low}, {high}]"
+        if not ok:
+            raise UserError(f"{where}: '{key}' must be {want}, got {short(value)}")
+
 
 def read_release_config(path: str | Path | Mapping[str, Any]) -> dict[str, Any]:
     """``{"model_args", "beta_schedule_args", "training_target"}`` of a release config file (the whole
@@ -42,14 +76,23 @@ def read_release_config(path: str | Path | Mapping[str, Any]) -> dict[str, Any]:
     elif isinstance(path, str) and path in PUBLISHED and not Path(path).is_file():
         data, where = release_config(path), f"published model {path}"
     else:
+        from ..files import check_readable
+
         p = Path(path)
-        if not p.is_file():
+        if not p.exists():
             raise MissingFileError(f"release config {p} does not exist (give the release's config JSON, or the name of a "
                                    f"published model: {', '.join(PUBLISHED)})")
+        check_readable(p, "release config")
+        if p.stat().st_size > MAX_CONFIG_BYTES:
+            raise UserError(f"release config {p} is {p.stat().st_size / 1e6:.1f} MB; a config is at most {MAX_CONFIG_BYTES // 10**6} MB")
         try:
-            data = json.loads(p.read_text())
+            data = json.loads(p.read_text(encoding="utf-8-sig"))
         except json.JSONDecodeError as err:
             raise UserError(f"{p} is not valid JSON: {err}") from err
+        except UnicodeDecodeError as err:
+            raise UserError(f"{p} is not a UTF-8 text file ({err.reason} at byte {err.start})") from None
+        except RecursionError:
+            raise UserError(f"{p} nests JSON too deeply to be a config") from None
         where = str(p)
     try:
         model_args = dict(data["denoising_model"]["model_args"])
@@ -62,7 +105,18 @@ def read_release_config(path: str | Path | Mapping[str, Any]) -> dict[str, Any]:
                         f"diffusion.beta_schedule_args (missing {err})") from None
     unknown = sorted(set(model_args) - KNOWN_ARGS)
     if unknown:
-        raise UserError(f"{where}: model_args {unknown} are not understood by this converter; known: {', '.join(sorted(KNOWN_ARGS))}")
+        raise UserError(f"{where}: model_args {short(unknown)} are not understood by this converter; known: {', '.join(sorted(KNOWN_ARGS))}")
+    missing = [k for k in RELEASE_REQUIRED if k not in model_args]
+    if missing:
+        raise UserError(f"{where}: denoising_model.model_args is missing {', '.join(missing)}")
+    check_release_numbers(model_args, RELEASE_NUMBERS, f"{where}: denoising_model.model_args")
+    prompt_args = model_args.get("instance_prompt_args")
+    if prompt_args is not None:
+        if not isinstance(prompt_args, Mapping):
+            raise UserError(f"{where}: 'instance_prompt_args' must be an object, got {short(prompt_args)}")
+        check_release_numbers(prompt_args, {"num_classes": (int, 1, 100_000), "embedding_dim": (int, 1, 8192)},
+                              f"{where}: denoising_model.model_args.instance_prompt_args")
+    check_release_numbers(schedule, SCHEDULE_NUMBERS, f"{where}: diffusion.beta_schedule_args")
     return {"model_args": model_args, "beta_schedule_args": schedule, "training_target": diffusion.get("training_target", "noise")}
 
 

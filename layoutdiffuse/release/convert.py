@@ -57,6 +57,12 @@ def split_release_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, tor
                         f"({', '.join(FOUNDATION_PREFIXES)}): {_listed(other)}")
     if not unet:
         raise UserError(f"release checkpoint has no {PREFIX}* keys (the UNet); is it a LayoutDiffuse release checkpoint?")
+    odd = [f"{PREFIX}{k} ({v.dtype})" for k, v in unet.items() if not v.is_floating_point()]
+    if odd:  # the UNet's weights are floats; an int8 or bool tensor would be cast silently into nonsense
+        raise UserError(f"release checkpoint has {len(odd)} UNet tensors that are not floating point: {_listed(odd)}")
+    broken = [f"{PREFIX}{k}" for k, v in unet.items() if not v.is_meta and not torch.isfinite(v).all()]  # meta: key manifests
+    if broken:
+        raise UserError(f"release checkpoint has {len(broken)} UNet tensors holding NaN or infinity (a damaged file): {_listed(broken)}")
     return unet
 
 

@@ -64,6 +64,10 @@ def build_converted_module(ckpt: str | Path, config: str | Path | Mapping[str, A
     """The training module of a release checkpoint, ready to sample (see the module docstring)."""
     import torch
 
+    from ..schema import check_sampling_options
+
+    check_sampling_options(guidance=guidance)  # before reading anything: NaN, inf, negative scales refused
+
     release = read_release_config(config)
     state = read_release_state_dict(ckpt)
     arch = architecture(release)

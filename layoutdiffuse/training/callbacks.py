@@ -4,6 +4,8 @@ the callbacks built from it (:func:`build_callbacks`), sample grids written to t
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +47,7 @@ def build_callbacks(sections: dict[str, Any], out_dir: Path, class_names: list[s
     ``out_dir/images``. (``wandb`` is a logger, built by :func:`layoutdiffuse.experiment.build_trainer`.)"""
     ckpt_args = {"save_last": True, "save_top_k": -1, **sections.get("checkpoint", {})}
     checkpoint = pl.callbacks.ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="step_{step:06d}", auto_insert_metric_name=False, **ckpt_args)
-    callbacks: list[pl.Callback] = [SaveConfig(), checkpoint, LastCheckpointAtEnd(checkpoint)]
+    callbacks: list[pl.Callback] = [SaveConfig(), checkpoint, LastCheckpointAtEnd(checkpoint), SaveOnSignal(out_dir / "checkpoints")]
     images = dict(sections.get("images", {}))
     if images:
         callbacks.append(ImageLogger(out_dir / "images", class_names=class_names, **images))
@@ -126,3 +128,77 @@ class LastCheckpointAtEnd(pl.Callback):
         trainer.save_checkpoint(path, weights_only=False)  # a full checkpoint, resumable like ModelCheckpoint's
         ckpt.last_model_path = str(path)
         log.info("wrote the final checkpoint %s (step %d)", path, trainer.global_step)
+
+
+class Interrupted(SystemExit):
+    """A training stopped by SIGTERM or SIGINT after writing a resumable checkpoint; its exit code is
+    ``128 + signal number`` (143 for SIGTERM, 130 for SIGINT), as a shell reports a killed process."""
+
+    def __init__(self, signum: int | None = None, path: Path | None = None):
+        self.signum = signum or signal.SIGTERM
+        super().__init__(128 + self.signum)
+        self.path = path
+
+
+class SaveOnSignal(pl.Callback):
+    """SIGTERM or SIGINT (Ctrl+C) during ``fit``: finish the current step, write a resumable
+    ``last.ckpt`` and say so; the run then ends with :class:`Interrupted`. A second signal stops at once.
+
+    The handlers live only while ``fit`` runs (the previous ones are restored at teardown), and only
+    in the main thread (where Python delivers signals)."""
+
+    SIGNALS = ("SIGTERM", "SIGINT")
+
+    def __init__(self, dirpath: str | Path):
+        self.dirpath = Path(dirpath)
+        self.signum: int | None = None
+        self.saved: Path | None = None
+        self.previous: dict[int, Any] = {}
+
+    def handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:  # the second signal: stop now, as the default action would
+            self.restore()
+            signal.raise_signal(signum)
+            return
+        self.signum = signum
+        log.warning("received %s: stopping after this step and writing a resumable checkpoint (send it again to stop at once)",
+                    signal.Signals(signum).name)
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.signum, self.saved = None, None
+        if stage == "fit" and threading.current_thread() is threading.main_thread():
+            for name in self.SIGNALS:
+                sig = getattr(signal, name)
+                self.previous[sig] = signal.signal(sig, self.handle)
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        self.previous = {}
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.restore()
+
+    def check(self) -> None:
+        if self.signum is not None:
+            from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+            raise SIGTERMException()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.check()
+
+    def on_validation_batch_end(self, trainer: pl.Trainer, *args: Any, **kwargs: Any) -> None:
+        self.check()
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+        if not isinstance(exception, SIGTERMException):
+            return
+        self.signum = self.signum or signal.SIGTERM  # Lightning's own SIGTERM handler may have stopped the loop first
+        path = self.dirpath / "last.ckpt"
+        trainer.save_checkpoint(path, weights_only=False)
+        self.saved = path
+        log.warning("stopped by %s at step %d: wrote the resumable checkpoint %s; continue with --resume last",
+                    signal.Signals(self.signum).name, trainer.global_step, path)
