@@ -174,9 +174,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parser().parse_args(argv)
     try:
-        from .malloc import retain_freed_memory
-
-        retain_freed_memory()  # CPU steps reuse freed memory instead of faulting in fresh pages
         args.func(args)
     except UserError as err:  # anything else is a bug and keeps its traceback
         print(f"error: {err}", file=sys.stderr)
