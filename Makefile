@@ -8,7 +8,7 @@ export LAYOUTDIFFUSE_DATA ?= $(HOME)/data
 MNIST_SOURCE ?= $(wildcard ../shared/data/mnist)
 NOTEBOOKS := $(wildcard notebooks/*.py)
 
-.PHONY: setup setup-demo mnist demo lab test test-fast lint notebooks-check notebooks-sync nbval bench clean
+.PHONY: setup setup-demo mnist demo lab test test-fast test-lowest lint notebooks-check notebooks-sync nbval bench clean
 
 # One venv, two install levels with their own stamps: `make demo` installs the package alone (what
 # training the toy and writing its grid need); `make test`, `make lab` and the rest add the test,
@@ -52,6 +52,11 @@ test: setup mnist notebooks-check
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow" tests
+
+## The dependency floors: a fresh venv (LOWEST_VENV, default /tmp/layoutdiffuse-lowest) with every
+## floor of pyproject.toml installed exactly, then the fast tests in it (tests/lowest_versions.sh).
+test-lowest:
+	bash tests/lowest_versions.sh
 
 ## ruff, configured in pyproject.toml (not yet part of `make test`: the code base predates it).
 $(VENV)/.installed-lint: pyproject.toml | $(VENV)/.created
