@@ -1,6 +1,6 @@
 """Layout attention: vectorised block vs the naive per-object loop of tests/, side by side.
 
-    python benchmarks/bench_layout_attention.py [--repeats 3] [--threads 2] [--device cpu|cuda] [--malloc system|retain]
+    python benchmarks/bench_layout_attention.py [--repeats 3] [--threads 2] [--device cpu|cuda]
 
 Prints JSON. For B=16, N=8 boxes, C=128, 1 head, at 16x16 and 32x32: forward+backward time
 (``y.square().mean()`` backpropagated to x, the prompt table and every block parameter), the
@@ -21,8 +21,7 @@ ratio naive / vectorised, the largest output and gradient differences, and peak 
 * Times: runs interleaved (so load from other processes hits all alike); ``*_s`` is the minimum
   wall time over repeats, ``*_cpu_s`` the minimum process CPU time (all threads), steadier on a
   shared machine.
-* Allocator: glibc's defaults; ``--malloc retain`` retains freed memory for every variant alike, as
-  training does (:mod:`layoutdiffuse.malloc`; the RSS growth then also counts fragmentation).
+* Allocator: glibc's defaults.
 * Memory on CPU: each measurement runs in a fresh subprocess (warmed up on a 4x4 input); the peak
   resident set size is reset (``/proc/self/clear_refs``, Linux) and its growth over one
   forward+backward reported (``VmHWM - VmRSS`` before); it counts allocator slack too, so read it
@@ -55,7 +54,6 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
 from layoutdiffuse.layout import empty_layout, pad_layouts  # noqa: E402
-from layoutdiffuse.malloc import retain_freed_memory  # noqa: E402
 from layoutdiffuse.nn import adaptor  # noqa: E402
 from layoutdiffuse.nn.adaptor import LayoutAttention, rasterize_boxes  # noqa: E402
 from layoutdiffuse.nn.reference import naive_layout_attention  # noqa: E402
@@ -140,14 +138,13 @@ def peak_memory(kind: str, size: int, device: str) -> int:
     return (_rss_kib("VmHWM") - base) * 1024
 
 
-def memory_in_subprocess(kind: str, size: int, device: str, threads: int, malloc: str) -> int:
-    out = subprocess.run([sys.executable, __file__, "--memory", kind, str(size), "--device", device, "--threads", str(threads),
-                          "--malloc", malloc],
+def memory_in_subprocess(kind: str, size: int, device: str, threads: int) -> int:
+    out = subprocess.run([sys.executable, __file__, "--memory", kind, str(size), "--device", device, "--threads", str(threads)],
                          capture_output=True, text=True, check=True)
     return int(out.stdout.strip())
 
 
-def bench(size: int, device: str, repeats: int, threads: int, malloc: str) -> dict:
+def bench(size: int, device: str, repeats: int, threads: int) -> dict:
     args = setup(size, device)
     kinds = ("vectorised", "naive_sdpa", "naive", "vectorised_one_bucket")
     outputs = {k: step(k, *args) for k in kinds}  # also warms up
@@ -177,7 +174,7 @@ def bench(size: int, device: str, repeats: int, threads: int, malloc: str) -> di
     res["vectorised_over_empty_layout"] = round(min(wall["vectorised"]) / min(wall["empty_layout"]), 2)
     res["equal_output_1e-5"] = all(d["max_abs_output_diff"] < 1e-5 for d in diffs.values())
     res["diffs"] = diffs
-    res["peak_memory_bytes"] = {k: memory_in_subprocess(k, size, device, threads, malloc) for k in kinds[:3]}
+    res["peak_memory_bytes"] = {k: memory_in_subprocess(k, size, device, threads) for k in kinds[:3]}
     return res
 
 
@@ -187,21 +184,18 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--sizes", type=int, nargs="+", default=[16, 32])
-    p.add_argument("--malloc", default="system", choices=["system", "retain"], help="allocator settings (module docstring)")
     p.add_argument("--memory", nargs=2, metavar=("KIND", "SIZE"), help=argparse.SUPPRESS)
     a = p.parse_args()
-    retained = a.malloc == "retain" and retain_freed_memory()
     torch.set_num_threads(a.threads)
     if a.memory:
         print(peak_memory(a.memory[0], int(a.memory[1]), a.device))
         return
     t0 = time.perf_counter()
-    results = [bench(s, a.device, a.repeats, a.threads, a.malloc) for s in a.sizes]
+    results = [bench(s, a.device, a.repeats, a.threads) for s in a.sizes]
     print(json.dumps({
         "benchmark": "layout attention forward+backward: vectorised vs naive per-object loop (tests/)",
         "device": "cpu" if a.device == "cpu" else torch.cuda.get_device_name(),
         "threads": torch.get_num_threads(), "torch": torch.__version__, "load_average": os.getloadavg(),
-        "malloc": "retain freed memory" if retained else "glibc defaults",
         "batch": B, "objects": N, "channels": C, "heads": 1, "repeats": a.repeats,
         "memory_method": "torch.cuda.max_memory_allocated growth" if a.device == "cuda"
         else "peak RSS (VmHWM, reset via /proc/self/clear_refs) growth over one fwd+bwd in a fresh process (upper bound)",

@@ -7,8 +7,7 @@ The training step runs on one real batch of the config's dataset (so layout mode
 layouts: Layout-MNIST canvases of 1-3 digits), with the module's own loss; sampling uses the
 batch's conditions (DDIM, ``--sample-steps``). ``--batch`` overrides the config's batch size.
 
-Runs with the allocator setting of ``python -m layoutdiffuse`` (:mod:`layoutdiffuse.malloc`;
-``LAYOUTDIFFUSE_MALLOC=system`` for glibc's defaults) and reports the minor page faults per training step.
+Also reports the minor page faults per training step.
 
 Prints JSON. Peak memory: ``torch.cuda.max_memory_allocated`` on a GPU; on the CPU the process's
 peak resident set size (``ru_maxrss``, which includes the Python/torch runtime).
@@ -23,7 +22,6 @@ import torch
 
 from layoutdiffuse.config import load_config
 from layoutdiffuse.experiment import build_datasets, build_loaders, build_module
-from layoutdiffuse.malloc import ENV, retain_freed_memory
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -40,7 +38,6 @@ def main() -> None:
     p.add_argument("--sample-n", type=int, default=64)
     p.add_argument("--sample-steps", type=int, default=50)
     args = p.parse_args()
-    malloc_retained = retain_freed_memory()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     config = load_config(args.config)
     config["data"]["batch_size"] = args.batch
@@ -84,7 +81,6 @@ def main() -> None:
         "train_images_per_s": round(args.steps * args.batch / train_time, 1),
         "train_batch": args.batch,
         "minor_page_faults_per_train_step": round(faults),
-        "malloc": "retain freed memory" if malloc_retained else f"system defaults ({ENV}=system or not glibc)",
         "objects_per_canvas": round(float((cond["layout"][..., 4] >= 0).sum(1).float().mean()), 2) if cond and "layout" in cond else None,
         "sample_images_per_s_ddim": round(args.sample_n / sample_time, 2),
         "sample_steps": args.sample_steps,

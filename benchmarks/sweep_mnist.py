@@ -39,7 +39,6 @@ from layoutdiffuse.evaluation.classifier import load_digit_classifier, mnist_ten
 from layoutdiffuse.evaluation.digit_quality import at_28, confident_fraction, digit_fraction, digit_report
 from layoutdiffuse.evaluation.fid import digit_fid
 from layoutdiffuse.experiment import build_module, export_weights, train
-from layoutdiffuse.malloc import retain_freed_memory
 from layoutdiffuse.visualize import save_grid
 
 RESULTS = Path(__file__).parent / "results" / "sweep_mnist"
@@ -196,7 +195,6 @@ def main() -> None:
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(1)
-    retain_freed_memory()
     RESULTS.mkdir(parents=True, exist_ok=True)
     if args.speed:
         result, path = measure_speed(), RESULTS / "speed.json"

@@ -396,9 +396,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.check is not None:
             args.check(args)  # arguments and files, before any heavy import
-        from .malloc import retain_freed_memory
-
-        retain_freed_memory()  # CPU steps reuse freed memory instead of faulting in fresh pages
         args.func(args)
     except UserError as err:  # anything else is a bug and keeps its traceback
         print(f"error: {err}", file=sys.stderr)

@@ -37,12 +37,10 @@ import torch
 from layoutdiffuse.data.registry import DATASETS
 from layoutdiffuse.diffusion import GaussianDiffusion
 from layoutdiffuse.experiment import build_loaders, build_module, build_trainer, experiment_dir
-from layoutdiffuse.malloc import retain_freed_memory
 from layoutdiffuse.notebook_helpers import QUICK, load_notebook_config, metric_curve, quick_config, show
 from layoutdiffuse.training import DDPMTraining
 from layoutdiffuse.visualize import grid
 
-retain_freed_memory()  # CPU steps reuse freed memory, as `python -m layoutdiffuse` does (layoutdiffuse/malloc.py)
 torch.manual_seed(0)
 config = load_notebook_config("mnist", expt_name="mnist_notebook")
 if QUICK:

@@ -31,11 +31,9 @@ import matplotlib.pyplot as plt
 import torch
 
 from layoutdiffuse.experiment import build_model, experiment_dir, load_checkpoint, train
-from layoutdiffuse.malloc import retain_freed_memory
 from layoutdiffuse.notebook_helpers import QUICK, load_notebook_config, metric_curve, quick_config
 from layoutdiffuse.visualize import grid
 
-retain_freed_memory()  # CPU steps reuse freed memory, as `python -m layoutdiffuse` does (layoutdiffuse/malloc.py)
 if QUICK:
     torch.set_num_threads(1)
 
