@@ -63,10 +63,9 @@ def sampler_names() -> list[str]:
 
 def check_sampling_args(args: argparse.Namespace) -> None:
     """``--seed``, ``--steps`` and ``--ckpt`` of a command that samples (no heavy import)."""
-    if not 0 <= args.seed < 2**63:
-        raise UserError(f"--seed must be an integer in [0, 2**63), got {args.seed}")
-    if args.steps is not None and args.steps < 1:
-        raise UserError(f"--steps must be >= 1, got {args.steps}")
+    from .schema import check_sampling_options  # the one set of checks of sample's and edit's numbers (no torch)
+
+    check_sampling_options(seed=args.seed, steps=args.steps)
     if args.ckpt is not None:
         require_file(args.ckpt, "checkpoint")
 
@@ -216,11 +215,10 @@ def add_edit_args(d: argparse.ArgumentParser) -> None:
 
 
 def check_edit(args: argparse.Namespace) -> None:
-    if not 1 <= args.n <= MAX_GRID:
-        raise UserError(f"--n must be in [1, {MAX_GRID}], got {args.n}")
+    from .schema import check_sampling_options
+
+    check_sampling_options(n=args.n, max_n=MAX_GRID, resample=args.resample)
     check_sampling_args(args)
-    if args.resample < 0:
-        raise UserError(f"--resample must be >= 0, got {args.resample}")
     require_file(args.image, "image")
     require_file(args.layout, "layout file")
     require_file(args.new_layout, "layout file")

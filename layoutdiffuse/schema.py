@@ -158,22 +158,3 @@ def check_folder_name(value: Any, path: str) -> str:
         raise ConfigError(f"config key '{path}' must name one folder inside expt_dir (letters, digits and {NAME_CHARS}, not "
                           f"starting with '.'), got {short(value)}")
     return value
-
-
-def check_device(name: Any, flag: str = "--device") -> Any:
-    """A torch device the user named: ``cpu``, ``cuda`` or ``cuda:N`` (present on this machine), ``mps``."""
-    import re
-
-    import torch
-
-    if not isinstance(name, str) or not re.fullmatch(r"cpu|mps|cuda(:\d+)?", name):
-        raise UserError(f"{flag} must be cpu, cuda, cuda:N or mps, got {short(name)}")
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError(f"{flag} {name}: no CUDA GPU is available on this machine (torch sees none); use {flag} cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise UserError(f"{flag} {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s) (cuda:0 ...)")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise UserError(f"{flag} mps: the Apple GPU backend is not available here; use {flag} cpu")
-    return device

@@ -829,8 +829,8 @@ def test_an_export_is_read_by_its_content_whatever_its_suffix(tmp_path, name):
 
 def test_evaluate_on_cuda_without_a_gpu_says_so(capsys, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    one_line_error(["evaluate", "--ckpt", str(SHIPPED_MODEL), "--digits", "--device", "cuda"], capsys, "no CUDA GPU is available")
-    one_line_error(["evaluate", "--ckpt", str(SHIPPED_MODEL), "--digits", "--device", "tpu9"], capsys, "--device must be")
+    one_line_error(["evaluate", "--ckpt", str(SHIPPED_MODEL), "--digits", "--device", "cuda"], capsys, "device 'cuda' is not available: this machine has cpu")
+    one_line_error(["evaluate", "--ckpt", str(SHIPPED_MODEL), "--digits", "--device", "tpu9"], capsys, "unknown device 'tpu9'; choose one of: auto, cpu, cuda")
 
 
 def test_does_not_exist_only_for_paths_that_do_not_exist(tmp_path, edit_files, capsys):

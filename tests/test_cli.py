@@ -87,8 +87,8 @@ print(code, heavy)
     (["edit", "--image", "missing.png", "--layout", "docs/example_layout.json", "--new-layout", "docs/example_layout.json"],
      "image missing.png does not exist"),
     (["edit", "--image", "docs/layout_mnist_samples.png", "--layout", "docs/example_layout.json", "--new-layout",
-      "docs/example_layout.json", "--seed", "-1"], "--seed must be an integer in [0, 2**63), got -1"),  # as sample
-    (["sample", "--out", "/dev/null"], "--out /dev/null is not a regular file"),
+      "docs/example_layout.json", "--seed", "-1"], "seed must be an integer in [0, 2**63), got -1"),  # as sample
+    (["sample", "--out", "/dev/null"], "cannot write --out /dev/null: it is a character device"),
     (["evaluate", "--ckpt", "missing.ckpt", "--nll"], "checkpoint missing.ckpt does not exist"),
     (["convert-release", "missing.ckpt", "--release-config", "celeb_mask", "--out", "x.safetensors"], "release checkpoint missing.ckpt"),
 ])
