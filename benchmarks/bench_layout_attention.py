@@ -1,6 +1,11 @@
 """Layout attention: vectorised block vs the naive per-object loop of tests/, side by side.
 
-    python benchmarks/bench_layout_attention.py [--repeats 3] [--threads 2] [--device cpu|cuda] [--malloc system|retain]
+    python benchmarks/bench_layout_attention.py [--repeats 3] [--threads 2] [--device cpu|cuda] [--malloc system|retain] [--real]
+
+``--real``: the published models' layout levels (:data:`REAL_LEVELS`: C = 640 at 32x32 and 16x16,
+C = 1280 at 16x16 and 8x8; batch 8; 8 and 30 objects), the vectorised block vs the per-object loop
+(``naive_sdpa``) vs the same block with no objects (the floor), forward+backward, peak memory
+(:func:`compare`; results in ``benchmarks/results/layout_attention_cpu_full.json``).
 
 Prints JSON. For B=16, N=8 boxes, C=128, 1 head, at 16x16 and 32x32: forward+backward time
 (``y.square().mean()`` backpropagated to x, the prompt table and every block parameter), the
@@ -235,6 +240,7 @@ def main() -> None:
     p.add_argument("--sizes", type=int, nargs="+", default=[16, 32])
     p.add_argument("--real", action="store_true", help="the published models' layout levels (REAL_LEVELS, batch 8, 8 and 30 objects) "
                                                         "against the loop and the floor")
+    p.add_argument("--out", default=None, help="also write the JSON here (with --real: after every shape)")
     p.add_argument("--malloc", default="system", choices=["system", "retain"], help="allocator settings (module docstring)")
     p.add_argument("--memory", nargs=2, metavar=("KIND", "SIZE"), help=argparse.SUPPRESS)
     p.add_argument("--shape", nargs=3, type=int, metavar=("BATCH", "OBJECTS", "CHANNELS"), default=(B, N, C), help=argparse.SUPPRESS)
@@ -252,16 +258,22 @@ def main() -> None:
               "memory_method": "torch.cuda.max_memory_allocated growth" if a.device == "cuda"
               else "peak RSS (VmHWM, reset via /proc/self/clear_refs) growth over one fwd+bwd in a fresh process (upper bound)"}
     if a.real:
-        results = [compare(size, ch, REAL_BATCH, n, a.device, a.repeats, a.threads, a.malloc)
-                   for ch, size in REAL_LEVELS for n in REAL_OBJECTS]
         out = {"benchmark": "layout attention forward+backward at the published models' layout levels: vectorised vs per-object "
-                            "loop (naive_sdpa) vs the same block with no objects (the floor)", **common}
+                            "loop (naive_sdpa) vs the same block with no objects (the floor)", **common, "results": []}
+        for ch, size in REAL_LEVELS:
+            for n in REAL_OBJECTS:
+                out["results"].append(compare(size, ch, REAL_BATCH, n, a.device, a.repeats, a.threads, a.malloc))
+                if a.out:  # after every shape: a partial run keeps its figures
+                    Path(a.out).write_text(json.dumps(out, indent=2) + "\n")
+        results = out["results"]
     else:
         results = [bench(s, a.device, a.repeats, a.threads, a.malloc) for s in a.sizes]
         out = {"benchmark": "layout attention forward+backward: vectorised vs naive per-object loop (tests/)", **common,
                "batch": B, "objects": N, "channels": C}
     out.update(results=results, load_average_after=os.getloadavg(), wall_s=round(time.perf_counter() - t0, 1))
     print(json.dumps(out, indent=2))
+    if a.out:
+        Path(a.out).write_text(json.dumps(out, indent=2) + "\n")
 
 
 if __name__ == "__main__":

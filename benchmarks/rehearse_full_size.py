@@ -186,9 +186,9 @@ def run_phase(args: argparse.Namespace) -> None:
 
 # --- the driver -------------------------------------------------------------------------------------
 
-def rehearse(name: str, args: argparse.Namespace) -> dict[str, Any]:
+def rehearse(name: str, args: argparse.Namespace, result: dict[str, Any], save: Any = None) -> dict[str, Any]:
+    """Run the phases of ``name``, filling ``result`` (``save()`` after each phase: partial runs keep their figures)."""
     work = Path(args.work) / name
-    result: dict[str, Any] = {}
     try:
         for phase in args.phases:
             cmd = [sys.executable, __file__, "--phase", phase, "--model", name, "--work", str(work), "--ckpt-dtype", args.ckpt_dtype,
@@ -204,6 +204,8 @@ def rehearse(name: str, args: argparse.Namespace) -> dict[str, Any]:
                 break
             result[phase] = json.loads(lines[-1][len("RESULT "):])
             print(f"{name} {phase}: {result[phase]}", file=sys.stderr, flush=True)
+            if save is not None:
+                save()
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -243,14 +245,18 @@ def main(argv: list[str] | None = None) -> int:
                      "training step; each phase in its own process", "tiny": args.tiny, "machine": os.uname().nodename,
         "cpu_threads": args.threads, "cpus": os.cpu_count(), "torch": torch.__version__, "load_average_before": os.getloadavg(),
         "models": {}}
-    for name in args.models:
-        out["models"][name] = {**({} if args.tiny else parameters_of(name)), **rehearse(name, args)}
-    out.update(load_average_after=os.getloadavg(), wall_s=round(time.perf_counter() - t0, 1))
-    text = json.dumps(out, indent=2)
-    print(text)
     path = Path(args.out) if args.out else (None if args.tiny else ROOT / "benchmarks" / "results" / "rehearse_full_size.json")
-    if path is not None:
-        path.write_text(text + "\n")
+
+    def save() -> None:
+        out.update(load_average_after=os.getloadavg(), wall_s=round(time.perf_counter() - t0, 1))
+        if path is not None:
+            path.write_text(json.dumps(out, indent=2) + "\n")
+
+    for name in args.models:
+        out["models"][name] = {} if args.tiny else parameters_of(name)
+        rehearse(name, args, out["models"][name], save)
+    save()
+    print(json.dumps(out, indent=2))
     return 0
 
 
