@@ -125,6 +125,18 @@ def timed(kind: str, args, device: str) -> tuple[float, float]:
     return time.perf_counter() - t0, time.process_time() - c0
 
 
+def interleaved(kinds: tuple[str, ...], args, device: str, repeats: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Wall and CPU seconds of each kind's forward+backward, ``repeats`` rounds, kinds interleaved in each."""
+    wall: dict[str, list[float]] = {k: [] for k in kinds}
+    cpu: dict[str, list[float]] = {k: [] for k in kinds}
+    for _ in range(repeats):
+        for k in kinds:
+            w, c = timed(k, args, device)
+            wall[k].append(w)
+            cpu[k].append(c)
+    return wall, cpu
+
+
 def _rss_kib(field: str) -> int:
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
@@ -178,13 +190,7 @@ def compare(size: int, channels: int, batch: int, objects: int, device: str, rep
     kinds = ("vectorised", "naive_sdpa", "empty_layout")
     first = {k: step(k, *args) for k in kinds[:2]}  # also warms up
     step("empty_layout", *args)
-    wall: dict[str, list[float]] = {k: [] for k in kinds}
-    cpu: dict[str, list[float]] = {k: [] for k in kinds}
-    for _ in range(repeats):
-        for k in kinds:
-            w, c = timed(k, args, device)
-            wall[k].append(w)
-            cpu[k].append(c)
+    wall, cpu = interleaved(kinds, args, device, repeats)
     cover = rasterize_boxes(args[2].cpu(), size, size).flatten(2).any(1)
     res: dict = {"channels": channels, "size": f"{size}x{size}", "batch": batch, "objects": objects,
                  "covered_fraction": round(cover.float().mean().item(), 3)}
@@ -210,13 +216,7 @@ def bench(size: int, device: str, repeats: int, threads: int, malloc: str) -> di
     outputs = {k: step(k, *args) for k in kinds}  # also warms up
     diffs = {k: max_differences(outputs["vectorised"], outputs[k]) for k in kinds[1:]}
     timed_kinds = kinds + ("empty_layout",)
-    wall: dict[str, list[float]] = {k: [] for k in timed_kinds}
-    cpu: dict[str, list[float]] = {k: [] for k in timed_kinds}
-    for _ in range(repeats):
-        for k in timed_kinds:
-            w, c = timed(k, args, device)
-            wall[k].append(w)
-            cpu[k].append(c)
+    wall, cpu = interleaved(timed_kinds, args, device, repeats)
     cover = rasterize_boxes(args[2].cpu(), size, size).flatten(2).any(1)
     res = {"size": f"{size}x{size}", "covered_fraction": round(cover.float().mean().item(), 3)}
     for k in timed_kinds:
