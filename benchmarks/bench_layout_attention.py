@@ -1,6 +1,11 @@
 """Layout attention: vectorised block vs the naive per-object loop of tests/, side by side.
 
-    python benchmarks/bench_layout_attention.py [--repeats 3] [--threads 2] [--device cpu|cuda]
+    python benchmarks/bench_layout_attention.py [--repeats 3] [--threads 2] [--device cpu|cuda] [--real]
+
+``--real``: the published models' layout levels (:data:`REAL_LEVELS`: C = 640 at 32x32 and 16x16,
+C = 1280 at 16x16 and 8x8; batch 8; 8 and 30 objects), the vectorised block vs the per-object loop
+(``naive_sdpa``) vs the same block with no objects (the floor), forward+backward, peak memory
+(:func:`compare`; results in ``benchmarks/results/layout_attention_cpu_full.json``).
 
 Prints JSON. For B=16, N=8 boxes, C=128, 1 head, at 16x16 and 32x32: forward+backward time
 (``y.square().mean()`` backpropagated to x, the prompt table and every block parameter), the
@@ -65,17 +70,19 @@ def sdpa_2d(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return F.scaled_dot_product_attention(q[None], k[None], v[None])[0]
 
 
-def setup(size: int, device: str, seed: int = 0):
+def setup(size: int, device: str, seed: int = 0, batch: int = B, objects: int = N, channels: int = C):
+    """(block, prompt table, layout, x): a LayoutAttention of ``channels`` with a random output
+    projection, ``batch`` items of ``objects`` boxes (module docstring), ``x: (batch, channels, size, size)``."""
     torch.manual_seed(seed)
-    block = LayoutAttention(C, EMBED, num_heads=1).to(device)
+    block = LayoutAttention(channels, EMBED, num_heads=1).to(device)
     torch.nn.init.normal_(block.proj_out.weight, std=0.05)  # zero at init; random so gradients flow
     table = torch.nn.Parameter(torch.randn(CLASSES + 1, EMBED, device=device))
     g = torch.Generator().manual_seed(seed)
-    wh = 0.05 + 0.55 * torch.rand(B, N, 2, generator=g)
-    xy = torch.rand(B, N, 2, generator=g) * (1 - wh)
-    cls = torch.randint(0, CLASSES, (B, N, 1), generator=g).float()
+    wh = 0.05 + 0.55 * torch.rand(batch, objects, 2, generator=g)
+    xy = torch.rand(batch, objects, 2, generator=g) * (1 - wh)
+    cls = torch.randint(0, CLASSES, (batch, objects, 1), generator=g).float()
     layout = pad_layouts(list(torch.cat([xy, wh, cls], -1))).to(device)
-    x = torch.randn(B, C, size, size, device=device)
+    x = torch.randn(batch, channels, size, size, device=device)
     return block, table, layout, x
 
 
@@ -116,15 +123,28 @@ def timed(kind: str, args, device: str) -> tuple[float, float]:
     return time.perf_counter() - t0, time.process_time() - c0
 
 
+def interleaved(kinds: tuple[str, ...], args, device: str, repeats: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Wall and CPU seconds of each kind's forward+backward, ``repeats`` rounds, kinds interleaved in each."""
+    wall: dict[str, list[float]] = {k: [] for k in kinds}
+    cpu: dict[str, list[float]] = {k: [] for k in kinds}
+    for _ in range(repeats):
+        for k in kinds:
+            w, c = timed(k, args, device)
+            wall[k].append(w)
+            cpu[k].append(c)
+    return wall, cpu
+
+
 def _rss_kib(field: str) -> int:
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
 
 
-def peak_memory(kind: str, size: int, device: str) -> int:
-    """Peak memory growth in bytes of one forward+backward (see module docstring)."""
-    step(kind, *setup(4, device))  # warm-up: kernels, thread pools
-    args = setup(size, device)
+def peak_memory(kind: str, size: int, device: str, **shape: int) -> int:
+    """Peak memory growth in bytes of one forward+backward (see module docstring); ``shape``:
+    ``batch``, ``objects``, ``channels`` of :func:`setup`."""
+    step(kind, *setup(4, device, batch=2, objects=2, channels=shape.get("channels", C)))  # warm-up: kernels, thread pools
+    args = setup(size, device, **shape)
     if device == "cuda":
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
@@ -138,31 +158,63 @@ def peak_memory(kind: str, size: int, device: str) -> int:
     return (_rss_kib("VmHWM") - base) * 1024
 
 
-def memory_in_subprocess(kind: str, size: int, device: str, threads: int) -> int:
-    out = subprocess.run([sys.executable, __file__, "--memory", kind, str(size), "--device", device, "--threads", str(threads)],
+def memory_in_subprocess(kind: str, size: int, device: str, threads: int, batch: int = B, objects: int = N,
+                         channels: int = C) -> int:
+    out = subprocess.run([sys.executable, __file__, "--memory", kind, str(size), "--device", device, "--threads", str(threads),
+                          "--shape", str(batch), str(objects), str(channels)],
                          capture_output=True, text=True, check=True)
     return int(out.stdout.strip())
+
+
+def max_differences(a: tuple, b: tuple) -> dict[str, float]:
+    """Largest output difference and largest gradient difference relative to ``b``'s largest gradient entry."""
+    (y1, g1), (y2, g2) = a, b
+    return {"max_abs_output_diff": (y1 - y2).abs().max().item(),
+            "max_rel_grad_diff": max(((u - v).abs().max() / v.abs().max().clamp(min=1e-12)).item() for u, v in zip(g1, g2))}
+
+
+#: the published models' layout levels: (channels, feature size) -- SD 1.5 / 2.1 at 512 px (levels 1, 2 of a
+#: 64x64 latent) and the LAION LDM at 256 px (levels 1, 2 of a 32x32 latent: 640 at 16x16, 1280 at 8x8)
+REAL_LEVELS = ((640, 32), (640, 16), (1280, 16), (1280, 8))
+REAL_BATCH, REAL_OBJECTS = 8, (8, 30)
+
+
+def compare(size: int, channels: int, batch: int, objects: int, device: str, repeats: int, threads: int = 2,
+            memory: bool = True) -> dict:
+    """The vectorised block vs the per-object loop (``naive_sdpa``) vs the same block with no objects
+    (``empty_layout``, the floor), forward+backward, at one shape: minimum wall and CPU times over
+    ``repeats`` interleaved runs, their ratios, the largest differences to the loop, peak memory."""
+    args = setup(size, device, batch=batch, objects=objects, channels=channels)
+    kinds = ("vectorised", "naive_sdpa", "empty_layout")
+    first = {k: step(k, *args) for k in kinds[:2]}  # also warms up
+    step("empty_layout", *args)
+    wall, cpu = interleaved(kinds, args, device, repeats)
+    cover = rasterize_boxes(args[2].cpu(), size, size).flatten(2).any(1)
+    res: dict = {"channels": channels, "size": f"{size}x{size}", "batch": batch, "objects": objects,
+                 "covered_fraction": round(cover.float().mean().item(), 3)}
+    for k in kinds:
+        res[f"{k}_s"] = round(min(wall[k]), 4)
+        res[f"{k}_cpu_s"] = round(min(cpu[k]), 4)
+    res["vectorised_over_floor"] = round(min(wall["vectorised"]) / min(wall["empty_layout"]), 3)
+    res["vectorised_over_floor_cpu"] = round(min(cpu["vectorised"]) / min(cpu["empty_layout"]), 3)
+    res["speedup_vs_loop"] = round(min(wall["naive_sdpa"]) / min(wall["vectorised"]), 2)
+    res["speedup_vs_loop_cpu"] = round(min(cpu["naive_sdpa"]) / min(cpu["vectorised"]), 2)
+    res["diff_vs_loop"] = max_differences(first["vectorised"], first["naive_sdpa"])
+    if memory:
+        if device == "cuda":
+            res["peak_memory_bytes"] = {k: peak_memory(k, size, device, batch=batch, objects=objects, channels=channels) for k in kinds}
+        else:
+            res["peak_memory_bytes"] = {k: memory_in_subprocess(k, size, device, threads, batch, objects, channels) for k in kinds}
+    return res
 
 
 def bench(size: int, device: str, repeats: int, threads: int) -> dict:
     args = setup(size, device)
     kinds = ("vectorised", "naive_sdpa", "naive", "vectorised_one_bucket")
     outputs = {k: step(k, *args) for k in kinds}  # also warms up
-    y1, g1 = outputs["vectorised"]
-    diffs = {}
-    for k in kinds[1:]:
-        y2, g2 = outputs[k]
-        diffs[k] = {"max_abs_output_diff": (y1 - y2).abs().max().item(),
-                    "max_rel_grad_diff": max(((a - b).abs().max() / b.abs().max().clamp(min=1e-12)).item()
-                                             for a, b in zip(g1, g2))}
+    diffs = {k: max_differences(outputs["vectorised"], outputs[k]) for k in kinds[1:]}
     timed_kinds = kinds + ("empty_layout",)
-    wall: dict[str, list[float]] = {k: [] for k in timed_kinds}
-    cpu: dict[str, list[float]] = {k: [] for k in timed_kinds}
-    for _ in range(repeats):
-        for k in timed_kinds:
-            w, c = timed(k, args, device)
-            wall[k].append(w)
-            cpu[k].append(c)
+    wall, cpu = interleaved(timed_kinds, args, device, repeats)
     cover = rasterize_boxes(args[2].cpu(), size, size).flatten(2).any(1)
     res = {"size": f"{size}x{size}", "covered_fraction": round(cover.float().mean().item(), 3)}
     for k in timed_kinds:
@@ -184,24 +236,40 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--sizes", type=int, nargs="+", default=[16, 32])
+    p.add_argument("--real", action="store_true", help="the published models' layout levels (REAL_LEVELS, batch 8, 8 and 30 objects) "
+                                                        "against the loop and the floor")
+    p.add_argument("--out", default=None, help="also write the JSON here (with --real: after every shape)")
     p.add_argument("--memory", nargs=2, metavar=("KIND", "SIZE"), help=argparse.SUPPRESS)
+    p.add_argument("--shape", nargs=3, type=int, metavar=("BATCH", "OBJECTS", "CHANNELS"), default=(B, N, C), help=argparse.SUPPRESS)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
+    batch, objects, channels = a.shape
     if a.memory:
-        print(peak_memory(a.memory[0], int(a.memory[1]), a.device))
+        print(peak_memory(a.memory[0], int(a.memory[1]), a.device, batch=batch, objects=objects, channels=channels))
         return
     t0 = time.perf_counter()
-    results = [bench(s, a.device, a.repeats, a.threads) for s in a.sizes]
-    print(json.dumps({
-        "benchmark": "layout attention forward+backward: vectorised vs naive per-object loop (tests/)",
-        "device": "cpu" if a.device == "cpu" else torch.cuda.get_device_name(),
-        "threads": torch.get_num_threads(), "torch": torch.__version__, "load_average": os.getloadavg(),
-        "batch": B, "objects": N, "channels": C, "heads": 1, "repeats": a.repeats,
-        "memory_method": "torch.cuda.max_memory_allocated growth" if a.device == "cuda"
-        else "peak RSS (VmHWM, reset via /proc/self/clear_refs) growth over one fwd+bwd in a fresh process (upper bound)",
-        "results": results,
-        "wall_s": round(time.perf_counter() - t0, 1),
-    }, indent=2))
+    common = {"device": "cpu" if a.device == "cpu" else torch.cuda.get_device_name(),
+              "threads": torch.get_num_threads(), "torch": torch.__version__, "load_average_before": os.getloadavg(),
+              "heads": 1, "repeats": a.repeats,
+              "memory_method": "torch.cuda.max_memory_allocated growth" if a.device == "cuda"
+              else "peak RSS (VmHWM, reset via /proc/self/clear_refs) growth over one fwd+bwd in a fresh process (upper bound)"}
+    if a.real:
+        out = {"benchmark": "layout attention forward+backward at the published models' layout levels: vectorised vs per-object "
+                            "loop (naive_sdpa) vs the same block with no objects (the floor)", **common, "results": []}
+        for ch, size in REAL_LEVELS:
+            for n in REAL_OBJECTS:
+                out["results"].append(compare(size, ch, REAL_BATCH, n, a.device, a.repeats, a.threads))
+                if a.out:  # after every shape: a partial run keeps its figures
+                    Path(a.out).write_text(json.dumps(out, indent=2) + "\n")
+        results = out["results"]
+    else:
+        results = [bench(s, a.device, a.repeats, a.threads) for s in a.sizes]
+        out = {"benchmark": "layout attention forward+backward: vectorised vs naive per-object loop (tests/)", **common,
+               "batch": B, "objects": N, "channels": C}
+    out.update(results=results, load_average_after=os.getloadavg(), wall_s=round(time.perf_counter() - t0, 1))
+    print(json.dumps(out, indent=2))
+    if a.out:
+        Path(a.out).write_text(json.dumps(out, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,17 @@ from .errors import UserError
 log = logging.getLogger(__name__)
 
 
+#: latents the decoder runs on at a time by default (:class:`Autoencoder` ``decode_batch_size``)
+DECODE_BATCH_SIZE = 4
+
+
+def check_batch_size(value: int | None, what: str) -> int | None:
+    """``value`` if it is ``None`` or a positive int, else a :class:`UserError` naming ``what``."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise UserError(f"{what} must be a positive integer (or None for all at once), got {value!r}")
+    return value
+
+
 def require_diffusers() -> Any:
     """Import diffusers or say how to install it."""
     try:
@@ -48,6 +59,10 @@ class Autoencoder(nn.Module):
         shift_factor: subtracted before scaling (default: ``model.config.shift_factor`` or 0).
         sample_posterior: KL models only: draw ``z ~ q(z|x)`` (Stable Diffusion training) instead of
             its mean.
+        decode_batch_size: :meth:`decode` runs the decoder on this many latents at a time (``None``:
+            all at once). Every image is decoded on its own by the decoder's arithmetic (GroupNorm and
+            quantisation are per image), so slices change memory, not the result: the Stable Diffusion
+            decoder's activations at 512 px are about 1 GiB per image and per float32 tensor.
 
     Shapes: ``x: (B, C, H, W)`` in [-1, 1] <-> ``z: (B, latent_channels, H / f, W / f)``.
     Models whose config says ``force_upcast`` (the Stable Diffusion VAE overflows in float16) run in
@@ -55,7 +70,7 @@ class Autoencoder(nn.Module):
     """
 
     def __init__(self, model: nn.Module, scale_factor: float | None = None, shift_factor: float | None = None,
-                 sample_posterior: bool = True):
+                 sample_posterior: bool = True, decode_batch_size: int | None = DECODE_BATCH_SIZE):
         super().__init__()
         diffusers = require_diffusers()
         if isinstance(model, diffusers.AutoencoderKL):
@@ -70,6 +85,7 @@ class Autoencoder(nn.Module):
         shift = cfg.get("shift_factor", None) if shift_factor is None else shift_factor
         self.shift_factor = float(shift or 0.0)
         self.sample_posterior = sample_posterior
+        self.decode_batch_size = check_batch_size(decode_batch_size, "decode_batch_size")
         self.upcast = bool(cfg.get("force_upcast", False))
         self.requires_grad_(False)
         self.eval()
@@ -153,13 +169,14 @@ class Autoencoder(nn.Module):
         return self.latents_from_moments(self.moments(x), generator)
 
     @torch.no_grad()
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
         """Scaled latents ``z: (B, c, h, w)`` -> images ``(B, C, h*f, w*f)`` (float32, roughly [-1, 1];
-        VQ models quantise first, as LDM does)."""
+        VQ models quantise first, as LDM does), ``batch_size`` latents at a time (default
+        :attr:`decode_batch_size`; ``None`` there: all at once)."""
+        size = check_batch_size(batch_size, "batch_size") or self.decode_batch_size or len(z)
         with self._precision(z):
             z = (z / self.scale_factor + self.shift_factor).to(torch.float32 if self.upcast else self._dtype())
-            out = self.model.decode(z).sample
-        return out.float()
+            return torch.cat([self.model.decode(part).sample.float() for part in z.split(size)])
 
 
 class LatentCache:
