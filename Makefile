@@ -37,7 +37,7 @@ mnist: setup-demo
 
 ## The main job: train the MNIST toy (configs/mnist.json) and write sample grids.
 demo: mnist
-	$(PY) -m layoutdiffuse train -c configs/mnist.json
+	$(PY) -m layoutdiffuse train -c configs/mnist.json --overwrite  # the demo starts over each time
 	@echo "samples: experiments/mnist/images/ (latest: $$(ls experiments/mnist/images/*.png | tail -1))"
 
 ## JupyterLab on the notebooks, in the project's venv (widgets and the drawing canvas work out of the box).

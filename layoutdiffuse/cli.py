@@ -219,12 +219,11 @@ def check_edit(args: argparse.Namespace) -> None:
 
     check_sampling_options(n=args.n, max_n=MAX_GRID, resample=args.resample)
     check_sampling_args(args)
-    require_file(args.image, "image")
-    require_file(args.layout, "layout file")
-    require_file(args.new_layout, "layout file")
-    check_output(args.out)
-    if args.grid is not None:
-        check_output(args.grid, "--grid")
+    for path, what in ((args.image, "image"), (args.layout, "layout file"), (args.new_layout, "layout file")):
+        require_file(path, what)
+    for path, flag in ((args.out, "--out"), (args.grid, "--grid")):
+        if path is not None:
+            check_output(path, flag)
 
 
 def cmd_edit(args: argparse.Namespace) -> None:

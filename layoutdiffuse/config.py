@@ -41,16 +41,9 @@ def load_config(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} does not exist")
     if not path.is_file():
         raise ConfigError(f"config path {path} is a folder (or not a regular file); give a .json config such as configs/mnist.json")
-    if path.stat().st_size > MAX_CONFIG_BYTES:
-        raise ConfigError(f"config file {path} is {path.stat().st_size / 1e6:.1f} MB; a config is at most {MAX_CONFIG_BYTES // 10**6} MB")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8-sig"))
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"{path} is not valid JSON: {err}") from err
-    except UnicodeDecodeError as err:
-        raise ConfigError(f"{path} is not a UTF-8 text file ({err.reason} at byte {err.start})") from None
-    except RecursionError:
-        raise ConfigError(f"{path} nests JSON too deeply to be a config") from None
+    from .files import read_json
+
+    config = read_json(path, "config file", ConfigError, MAX_CONFIG_BYTES)
     validate(config)
     return config
 

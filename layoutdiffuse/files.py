@@ -14,6 +14,7 @@ regular file (a FIFO would block the reader forever) are refused in one line.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 import stat
@@ -82,6 +83,22 @@ def check_readable(path: str | os.PathLike, what: str = "file") -> Path:
     if not stat.S_ISREG(mode):
         raise UserError(f"{what} {path} is {file_kind(mode)}, not a regular file")
     return path
+
+
+def read_json(path: Path, what: str, error: type[UserError] = UserError, max_bytes: int | None = None) -> Any:
+    """The JSON document in ``path`` (UTF-8, a byte-order mark allowed), or one ``error`` line naming
+    ``what`` was wrong: larger than ``max_bytes``, not JSON, not UTF-8, nested too deeply."""
+    size = path.stat().st_size
+    if max_bytes is not None and size > max_bytes:
+        raise error(f"{what} {path} is {size / 1e6:.1f} MB; a config is at most {max_bytes // 10**6} MB")
+    try:
+        return json.loads(path.read_text(encoding="utf-8-sig"))
+    except json.JSONDecodeError as err:
+        raise error(f"{path} is not valid JSON: {err}") from err
+    except UnicodeDecodeError as err:
+        raise error(f"{path} is not a UTF-8 text file ({err.reason} at byte {err.start})") from None
+    except RecursionError:
+        raise error(f"{path} nests JSON too deeply to be a config") from None
 
 
 def checkpoint_format(path: str | os.PathLike) -> str:

@@ -5,7 +5,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -89,7 +89,7 @@ def toy(config_name: str) -> tuple[torch.nn.Module, str]:
         config["callbacks"] = {}
     else:
         config["expt_dir"] = str(REPO / "experiments")
-    module = train(config, enable_progress_bar=not QUICK).eval()
+    module = train(config, overwrite=QUICK, enable_progress_bar=not QUICK).eval()  # quick runs start over in their scratch folder
     return module, f"trained here: {module.trainer_ref.global_step} steps ({config['expt_name']})"
 
 

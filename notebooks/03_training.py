@@ -5,7 +5,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -38,6 +38,8 @@ if QUICK:
     torch.set_num_threads(1)
 
 
+# Quick runs start over in their folders (overwrite=QUICK); a full run refuses to replace an earlier
+# run's checkpoints and says how to continue it (resume="last") or start over (overwrite=True).
 def load(name, expt_dir="experiments/notebook03"):
     config = load_notebook_config(name, expt_dir=expt_dir)
     if QUICK:
@@ -51,7 +53,7 @@ def load(name, expt_dir="experiments/notebook03"):
 
 # %%
 foundation_config = load("layout_mnist_foundation")
-foundation = train(foundation_config)
+foundation = train(foundation_config, overwrite=QUICK)
 foundation_ckpt = experiment_dir(foundation_config) / "checkpoints" / "last.ckpt"
 print("foundation checkpoint:", foundation_ckpt)
 
@@ -73,13 +75,13 @@ new = sum(p.numel() for n, p in adapted.named_parameters() if n.startswith("adap
 print(f"adaptor parameters: {new / 1e3:.1f} k of {sum(p.numel() for p in adapted.parameters()) / 1e6:.2f} M")
 
 # %%
-adapted_module = train(adapt_config)
+adapted_module = train(adapt_config, overwrite=QUICK)
 
 # %% [markdown]
 # ## 3 · The same layout architecture from scratch
 
 # %%
-scratch_module = train(load("layout_mnist_scratch"))
+scratch_module = train(load("layout_mnist_scratch"), overwrite=QUICK)
 
 # %% [markdown]
 # ## Loss curves

@@ -38,7 +38,7 @@ from PIL import Image
 
 from ..data.paths import data_root
 from ..errors import UserError
-from ..files import atomic_path
+from ..files import atomic_path, save_text
 from .protocols.catalog import get_protocol
 from .protocols.layouts import ProtocolData, load_protocol_data, real_images
 from .protocols.spec import Protocol, file_sha256
@@ -120,8 +120,7 @@ def manifest(header: dict[str, Any], layout_ids: list[int]) -> dict[str, Any]:
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    save_text(json.dumps(data, indent=1, sort_keys=True) + "\n", path)
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -366,5 +365,5 @@ def evaluate_protocol(name: str | Protocol, out: str | Path, ckpt: str | None = 
               "machine": f"{platform.machine()} {platform.system()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
                          f"{os.cpu_count()} CPUs, device {module.device}"}
     write_json(out / "report.json", report)
-    (out / "report.md").write_text(markdown(report))
+    save_text(markdown(report), out / "report.md")
     return report

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..files import save_safetensors
+from ..files import save_safetensors, save_text
 from .detection import WEIGHTS, DigitDetector, DigitLocator, layout_targets, mean_average_precision
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ def save_locator(model: DigitLocator, path: str | Path, info: dict[str, Any]) ->
     """fp32 safetensors with ``info`` in the metadata and a ``.json`` beside it."""
     state = {k: v.contiguous() for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
     path = save_safetensors(state, path, metadata={"info": json.dumps(info)})
-    path.with_suffix(".json").write_text(json.dumps(info, indent=2) + "\n")
+    save_text(json.dumps(info, indent=2) + "\n", path.with_suffix(".json"))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,7 +8,6 @@ input / output stage at each downsample factor in ``instance_attn_res``.
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, Mapping
@@ -76,23 +75,14 @@ def read_release_config(path: str | Path | Mapping[str, Any]) -> dict[str, Any]:
     elif isinstance(path, str) and path in PUBLISHED and not Path(path).is_file():
         data, where = release_config(path), f"published model {path}"
     else:
-        from ..files import check_readable
+        from ..files import check_readable, read_json
 
         p = Path(path)
         if not p.exists():
             raise MissingFileError(f"release config {p} does not exist (give the release's config JSON, or the name of a "
                                    f"published model: {', '.join(PUBLISHED)})")
         check_readable(p, "release config")
-        if p.stat().st_size > MAX_CONFIG_BYTES:
-            raise UserError(f"release config {p} is {p.stat().st_size / 1e6:.1f} MB; a config is at most {MAX_CONFIG_BYTES // 10**6} MB")
-        try:
-            data = json.loads(p.read_text(encoding="utf-8-sig"))
-        except json.JSONDecodeError as err:
-            raise UserError(f"{p} is not valid JSON: {err}") from err
-        except UnicodeDecodeError as err:
-            raise UserError(f"{p} is not a UTF-8 text file ({err.reason} at byte {err.start})") from None
-        except RecursionError:
-            raise UserError(f"{p} nests JSON too deeply to be a config") from None
+        data = read_json(p, "release config", max_bytes=MAX_CONFIG_BYTES)
         where = str(p)
     try:
         model_args = dict(data["denoising_model"]["model_args"])
