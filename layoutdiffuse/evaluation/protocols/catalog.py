@@ -27,6 +27,15 @@ def _coco(resolution: int) -> Protocol:
               "user's machine, never here")
 
 
+def _release(short: str, dataset: str, dataset_args: dict, files: dict, description: str, source: str, reference: str,
+             notes: str) -> Protocol:
+    """The original release's own evaluation of one dataset: val split, 256 px, one sample per layout, clean-fid, no detector."""
+    return Protocol(name=f"release-{short}-256", dataset=dataset, split="val", resolution=256, samples_per_layout=1, layouts=None,
+                    description=description, source=source, dataset_args=dataset_args, source_files=dict(files),
+                    fid={**CLEAN_FID, "reference": reference}, detector=None, metrics=("fid", "diversity"), bootstrap=BOOTSTRAP,
+                    notes=notes)
+
+
 PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
     _coco(256),
     _coco(128),
@@ -38,23 +47,18 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
         detector="yolo-score (a VG-trained detector, injected)", bootstrap=BOOTSTRAP,
         notes="5,097 is the layout count this protocol expects; whether this project's VG filter gives exactly 5,097 test layouts "
               "could not be checked here (no VG data)"),
-    Protocol(
-        name="release-coco-256", dataset="coco_stuff", split="val", resolution=256, samples_per_layout=1, layouts=None,
-        description="The original LayoutDiffuse release's COCO-stuff evaluation as its code runs it: val layouts, 256 px (the LAION-LDM "
-                    "'cocostuff' model), PLMS 100 steps, clean-fid compute_fid (mode 'clean') between folders",
-        source="cplusx/layout_diffuse: fid_eval.py (clean-fid), configs/cocostuff.json; issue #4 (the paper's FID not reproduced)",
-        dataset_args=LOSTGAN_COCO, source_files=dict(COCO_VAL), fid={**CLEAN_FID, "reference": "val images resized to 256 (fid_eval.py --resize_s)"},
-        detector=None, metrics=("fid", "diversity"), bootstrap=BOOTSTRAP,
-        notes="the release states neither its layout count nor samples per layout; its own loader's filter is not reproduced here "
-              "(this protocol uses the LostGAN filter); pass --limit or fix the count before comparing"),
-    Protocol(
-        name="release-vg-256", dataset="visual_genome", split="val", resolution=256, samples_per_layout=1, layouts=None,
-        description="The original LayoutDiffuse release's Visual Genome evaluation as its code runs it: val split, 256 px, PLMS 100 steps, "
-                    "clean-fid compute_fid (mode 'clean')",
-        source="cplusx/layout_diffuse: configs/vg.json (image_size 256, val split, plms, fast_sampling_steps 100), fid_eval.py",
-        dataset_args={"min_object_size": 0.02, "min_objects": 3, "max_objects": 30}, source_files=dict(VG_PROCESSED),
-        fid={**CLEAN_FID, "reference": "val images resized to 256"}, detector=None, metrics=("fid", "diversity"), bootstrap=BOOTSTRAP,
-        notes="layout count and samples per layout are not stated by the release"),
+    _release("coco", "coco_stuff", LOSTGAN_COCO, COCO_VAL,
+             description="The original LayoutDiffuse release's COCO-stuff evaluation as its code runs it: val layouts, 256 px (the "
+                         "LAION-LDM 'cocostuff' model), PLMS 100 steps, clean-fid compute_fid (mode 'clean') between folders",
+             source="cplusx/layout_diffuse: fid_eval.py (clean-fid), configs/cocostuff.json; issue #4 (the paper's FID not reproduced)",
+             reference="val images resized to 256 (fid_eval.py --resize_s)",
+             notes="the release states neither its layout count nor samples per layout; its own loader's filter is not reproduced "
+                   "here (this protocol uses the LostGAN filter); pass --limit or fix the count before comparing"),
+    _release("vg", "visual_genome", {"min_object_size": 0.02, "min_objects": 3, "max_objects": 30}, VG_PROCESSED,
+             description="The original LayoutDiffuse release's Visual Genome evaluation as its code runs it: val split, 256 px, PLMS "
+                         "100 steps, clean-fid compute_fid (mode 'clean')",
+             source="cplusx/layout_diffuse: configs/vg.json (image_size 256, val split, plms, fast_sampling_steps 100), fid_eval.py",
+             reference="val images resized to 256", notes="layout count and samples per layout are not stated by the release"),
     Protocol(
         name="layout-mnist", dataset="layout_mnist", split="val", resolution=32, samples_per_layout=2, layouts=500,
         description="Layout-MNIST validation layouts (MNIST-test digits, 1-3 per canvas), 500 layouts x 2 samples, 32 px",
