@@ -6,7 +6,7 @@
 Writes JSON (``--out``, default ``benchmarks/results/gpu_check.json``; ``--tiny``:
 ``benchmarks/results/gpu_check_cpu_tiny.json``). Nothing is downloaded: the model is
 ``cocostuff_SD2_1``'s architecture (SD 2.1-base UNet with the release's layout attention, the SD VAE,
-an OpenCLIP-H-sized text encoder) built by :func:`layoutdiffuse.sd.random_foundation.build_random_module`.
+an OpenCLIP-H-sized text encoder) built by :func:`layoutdiffuse.release.random_module.build_random_module`.
 Each section runs in its own ``try``: a failure is recorded (``"error"``: its first line) and the
 others still run.
 
@@ -52,7 +52,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT))
 
 from layoutdiffuse.layout import pad_layouts  # noqa: E402
-from layoutdiffuse.sd.random_foundation import InPrecision, build_random_module  # noqa: E402
+from layoutdiffuse.release.random_module import build_random_module  # noqa: E402
+from layoutdiffuse.sd.random_foundation import InPrecision  # noqa: E402
 
 NAME = "cocostuff_SD2_1"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}

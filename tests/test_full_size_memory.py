@@ -54,7 +54,7 @@ def test_every_attention_of_an_adapted_model_uses_sdpa(name, monkeypatch):
     from diffusers.models.attention_processor import Attention
 
     from layoutdiffuse.nn.adaptor import LayoutAttention
-    from layoutdiffuse.sd.random_foundation import build_random_module
+    from layoutdiffuse.release.random_module import build_random_module
     from gpu_check import conditions
 
     module = build_random_module(name, tiny=True)
@@ -83,7 +83,7 @@ def test_gradient_checkpointing_is_on_in_a_foundation_training_step():
     """The adapted UNet checkpoints its diffusers blocks and its layout-attention blocks when training."""
     from torch.utils import checkpoint as ckpt
 
-    from layoutdiffuse.sd.random_foundation import build_random_module
+    from layoutdiffuse.release.random_module import build_random_module
 
     module = build_random_module("cocostuff_SD2_1", tiny=True)
     module.model.enable_gradient_checkpointing()

@@ -13,7 +13,7 @@ nothing.
   a BERT word-piece tokenizer over a few words).
 * :func:`write_release_checkpoint` -- a release-format ``.ckpt`` (``{"state_dict": {"denoise_fn.*": ...}}``)
   holding every key of a published model's key manifest (``NAME.keys.tsv``) as a random tensor.
-* :func:`build_random_module` -- the converted module in memory (foundation parts and adapted UNet),
+* :func:`layoutdiffuse.release.random_module.build_random_module` -- the converted module in memory (foundation parts and adapted UNet),
   without files: what ``convert-release`` would give, for the GPU check.
 * :class:`InPrecision` -- a denoiser run in half precision with float32 in and out, so the sampler's
   arithmetic stays in float32.
@@ -29,9 +29,9 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from ..autoencoder import Autoencoder, require_diffusers
+from ..autoencoder import require_diffusers
 from ..errors import UserError
-from .testing import SD_ARCHITECTURES, SD_SCHEDULER, randomize, stand_in_tokenizer
+from .testing import SD_ARCHITECTURES, SD_SCHEDULER, stand_in_tokenizer
 
 #: published model -> foundation kind (:data:`~layoutdiffuse.sd.spec.FOUNDATIONS`)
 KINDS = {"cocostuff_SD1_5": "stable_diffusion", "cocostuff_SD2_1": "stable_diffusion", "cocostuff": "ldm_text", "vg": "ldm_text",
@@ -214,42 +214,6 @@ def release_scheduler(beta_schedule_args: Mapping[str, Any]) -> dict[str, Any]:
     """A diffusers scheduler config of the release's ``beta_schedule_args`` (its "linear" is ``scaled_linear``)."""
     return {**SD_SCHEDULER, "beta_start": float(beta_schedule_args["linear_start"]), "beta_end": float(beta_schedule_args["linear_end"]),
             "num_train_timesteps": int(beta_schedule_args.get("n_timestep", 1000))}
-
-
-def build_random_module(name: str, tiny: bool = False, seed: int = 0) -> Any:
-    """The converted module of published model ``name`` (a ``LatentDDPMTraining`` around the adapted
-    UNet, autoencoder and text encoder) with random weights, built in memory; float32, eval mode."""
-    import tempfile
-
-    from ..release.config import architecture, diffusion_config, read_release_config
-    from ..release.export import RELEASE_SAMPLING
-    from ..release.model import build_release_unet
-    from ..training.latent import LatentDDPMTraining
-    from .layout_unet import LayoutDiffusersUNet
-
-    diffusers = require_diffusers()
-    cfg = foundation_configs(name, tiny)
-    release = read_release_config(tiny_release_config(name) if tiny else name)
-    arch = architecture(release)
-    torch.manual_seed(seed)
-    model = build_release_unet({**arch, "unet": cfg["unet"][1]})
-    assert isinstance(model, LayoutDiffusersUNet)
-    randomize(model, seed, scale=0.02)
-    ae_cls, ae_cfg = cfg["autoencoder"]
-    scale = SCALING.get(cfg["kind"], 1.0)
-    autoencoder = Autoencoder(getattr(diffusers, ae_cls)(**ae_cfg), scale_factor=scale)
-    text_encoder = tokenizer = None
-    if cfg["text"] is not None:
-        with tempfile.TemporaryDirectory() as scratch:
-            text_encoder, tokenizer = _text_parts(cfg["kind"], cfg["text"], Path(scratch))
-        text_encoder.eval()
-    size = int(cfg["unet"][1]["sample_size"])
-    guidance = 1.0 if arch["layout"]["mask"] else 5.0
-    module = LatentDDPMTraining(model, autoencoder=autoencoder, text_encoder=text_encoder, tokenizer=tokenizer,
-                                diffusion=diffusion_config(release), image_shape=(ae_cfg["latent_channels"] if ae_cls == "AutoencoderKL"
-                                                                                    else ae_cfg["vq_embed_dim"], size, size),
-                                ema_decay=0.0, sampling={**RELEASE_SAMPLING, "guidance": guidance})
-    return module.eval()
 
 
 class InPrecision(nn.Module):
