@@ -689,8 +689,8 @@ def unclear_cases(tmp: Path) -> dict[str, Callable[[], Any]]:
         cases[f"an export saved as {name}"] = lambda name=name: load_checkpoint(folder / name)
     if not torch.cuda.is_available():
         cases["evaluate --device cuda without a GPU"] = refused(cli(["evaluate", "--ckpt", str(SHIPPED_MODEL), "--digits", "--device", "cuda"]),
-                                                               expect="no CUDA GPU")
-    cases["evaluate --device tpu9"] = refused(cli(["evaluate", "--ckpt", str(SHIPPED_MODEL), "--digits", "--device", "tpu9"]), expect="--device")
+                                                               expect="device 'cuda' is not available: this machine has")
+    cases["evaluate --device tpu9"] = refused(cli(["evaluate", "--ckpt", str(SHIPPED_MODEL), "--digits", "--device", "tpu9"]), expect="unknown device 'tpu9'; choose one of")
     edit_cli = edit_inputs(tmp)
     for what, path in (("a device", "/dev/zero"), ("a folder", str(folder))):
         cases[f"edit --image {what}"] = refused(cli([edit_cli[0], "--image", path, *edit_cli[3:], "--out", str(folder / "o.png")]), never="does not exist")
