@@ -158,7 +158,7 @@ def test_class_out_of_range_is_a_clear_error():
     # a block trusts its input; the boundary check (collate, the sampling / training model functions) refuses it
     with pytest.raises(LayoutError, match=rf"image 0, object 0: field 'class' must be an integer class in \[0, {NUM_CLASSES}\)"):
         check_condition({"layout": layout}, classes={"layout": NUM_CLASSES})
-    with pytest.raises(LayoutError, match=rf"mask layout has class ids \[7\]; allowed: class ids in \[0, 5\)"):
+    with pytest.raises(LayoutError, match=r"mask layout has class ids \[7\]; allowed: class ids in \[0, 5\)"):
         check_condition({"mask": torch.full((1, 4, 4), 7)}, classes={"mask": 5})
 
 

@@ -1,7 +1,6 @@
 """Evaluation protocols: pinned specs and hashes, the COCO-stuff fixture, injected scorers, and
 ``evaluate-protocol``'s resumable, shardable runs (bit-for-bit equal to one run)."""
 import json
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
