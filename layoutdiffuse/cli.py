@@ -127,8 +127,10 @@ def add_sampling_args(p: argparse.ArgumentParser, for_what: str = "") -> None:
 
 
 def add_sample_args(s: argparse.ArgumentParser) -> None:
-    s.add_argument("--ckpt", help="checkpoint (.ckpt) or weights export (.safetensors); default: the shipped Layout-MNIST model")
-    s.add_argument("--layout", help='layout JSON file: [{"label": "7", "box": [x, y, w, h]}, ...] (normalised); omit for the empty layout')
+    s.add_argument("--ckpt", help="checkpoint (.ckpt), weights export (.safetensors) or a shipped model's name: layout-mnist (the "
+                   "default), layout-mnist-color (a phrase per box)")
+    s.add_argument("--layout", help='layout JSON file: [{"label": "7", "box": [x, y, w, h]}, ...] (normalised; for a phrase model '
+                   '{"text": "a red seven", "box": [...]}); omit for the empty layout')
     s.add_argument("--mask", help="mask layout for mask models (e.g. converted celeb_mask): a PNG of part ids, one 8-bit channel, "
                    "value = part class (0-18 for CelebAMask-HQ), 255 = no condition; omit for the empty mask")
     s.add_argument("--n", type=int, default=16, help=f"number of samples, 1 to {MAX_GRID} (default: 16)")
@@ -162,20 +164,24 @@ def cmd_sample(args: argparse.Namespace) -> None:
     import time
 
     check_sampling_options(args)
-    from .sampling import load_model, sample
+    from .sampling import layout_and_names, load_model, sample
     from .visualize import grid_columns, save_grid
 
     module = load_model(args.ckpt, args.device, args.dtype)
+    names = module.class_names or None
+    if module.is_phrase_model:  # the layouts sampled index the layout file's phrases
+        names = layout_and_names(module, args.layout)[1]
     start = time.perf_counter()
     images, layouts = sample(args.layout, n=args.n, ckpt=module, sampler=args.sampler, steps=args.steps, guidance=args.guidance, seed=args.seed,
                              progress=True, prompt=args.prompt, negative_prompt=args.negative_prompt, mask=args.mask,
                              batch_size=args.batch_size)
     seconds = time.perf_counter() - start
-    path = save_grid(images, args.out, layouts=layouts, class_names=module.class_names or None, nrow=grid_columns(module))
+    path = save_grid(images, args.out, layouts=layouts, class_names=names, nrow=grid_columns(module))
     log.info("wrote %d samples to %s (%.1f s)", args.n, path, seconds)
     if args.save_images is not None:
-        names = None if layouts is None else module.class_names or [str(i) for i in range(module.model.adaptor.num_classes)]
-        folder = save_samples(images, layouts, args.save_images, names)
+        if layouts is not None and not names:
+            names = [str(i) for i in range(module.model.adaptor.num_classes)]
+        folder = save_samples(images, layouts, args.save_images, names, text=module.is_phrase_model)
         size = "x".join(map(str, images.shape[-2:]))
         if layouts is None:
             log.info("wrote the %d samples at %s px to %s", len(images), size, folder)
@@ -184,9 +190,9 @@ def cmd_sample(args: argparse.Namespace) -> None:
                      "--new-layout NEW.json)", len(images), size, folder, PROG, folder / "sample_000.png", folder / "sample_000.json")
 
 
-def save_samples(images, layouts, folder: str | Path, class_names: list[str] | None) -> Path:  # noqa: ANN001 (tensors)
+def save_samples(images, layouts, folder: str | Path, class_names: list[str] | None, text: bool = False) -> Path:  # noqa: ANN001 (tensors)
     """``images (n, C, H, W)`` in [-1, 1] -> ``folder/sample_000.png, ...`` at their own size; with
-    ``layouts (n, N, 5)`` each layout file ``sample_000.json`` beside its image."""
+    ``layouts (n, N, 5)`` each layout file ``sample_000.json`` beside its image (``text``: the names are phrases)."""
     from .editing import save_image
     from .layout_file import save_layout
 
@@ -194,7 +200,7 @@ def save_samples(images, layouts, folder: str | Path, class_names: list[str] | N
     for i, image in enumerate(images):
         save_image(image, folder / f"sample_{i:03d}.png")
         if layouts is not None:
-            save_layout(layouts[i], folder / f"sample_{i:03d}.json", class_names)
+            save_layout(layouts[i], folder / f"sample_{i:03d}.json", class_names, text)
     return folder
 
 

@@ -13,7 +13,7 @@ Everything outside the models that handles conditions reads :data:`CONDITIONS`:
   :mod:`~layoutdiffuse.diffusion.guidance` that sampling and training build), so the models trust
   what they are given.
 
-A new kind (next: per-box text) is one :func:`register_condition` call; guidance, dropout, batching
+A new kind (e.g. ``box_text``, a phrase per box) is one :func:`register_condition` call; guidance, dropout, batching
 and validation then handle it. A key the table does not hold is refused, never passed on silently.
 """
 from __future__ import annotations
@@ -139,6 +139,25 @@ def _check_context(value: Any, batch: int, classes: int | None) -> None:
     _tensor(value, "context", 3, batch, "(B, S, D)", integer=False)
 
 
+#: longest phrase of a box, in characters (a layout file's phrases are short; anything longer is not one)
+MAX_PHRASE_CHARS = 200
+
+
+def _check_box_text(value: Any, batch: int, classes: int | None) -> None:
+    """``box_text``: ``B`` lists of phrases, one per real (non-padding) row of that image's layout, in row order."""
+    if not isinstance(value, (list, tuple)) or not all(isinstance(t, (list, tuple)) for t in value):
+        raise UserError(f"cond['box_text'] must be a list of {batch} lists of phrases (one per box), got {type(value).__name__}")
+    if len(value) != batch:
+        raise UserError(f"{len(value)} lists of box phrases for a batch of {batch}")
+    for i, texts in enumerate(value):
+        for j, text in enumerate(texts):
+            if not isinstance(text, str) or not text.strip():
+                raise UserError(f"image {i}, box {j}: a box's phrase must be a non-empty string, got {text!r}"[:300])
+            if len(text) > MAX_PHRASE_CHARS:
+                raise UserError(f"image {i}, box {j}: a box's phrase holds at most {MAX_PHRASE_CHARS} characters, got {len(text)} "
+                                f"({text[:40]!r}...)")
+
+
 register_condition(ConditionKind(
     "layout", null=lambda v: v.new_zeros(v.shape[0], 0, 5), drop=_drop_layout, cat=cat_layouts, collate=pad_layouts,
     check=_check_layout))
@@ -147,6 +166,9 @@ register_condition(ConditionKind(
     "caption", null=lambda v: [""] * len(v), drop=lambda v, drop: ["" if d else c for d, c in zip(drop.tolist(), v)],
     cat=lambda vs: [c for v in vs for c in v], collate=list, check=_check_caption))
 register_condition(fill_kind("label", -1, _check_label))
+register_condition(ConditionKind(  # a phrase per box (text models); rows of a dropped or null layout have none
+    "box_text", null=lambda v: [[] for _ in v], drop=lambda v, drop: [[] if d else list(t) for d, t in zip(drop.tolist(), v)],
+    cat=lambda vs: [list(t) for v in vs for t in v], collate=lambda vs: [list(t) for t in vs], check=_check_box_text))
 register_condition(fill_kind("context", 0.0, _check_context))  # text-encoder states (B, S, D); null: zeros
 
 
@@ -177,7 +199,7 @@ def model_classes(model: Any) -> dict[str, int]:
 
 
 def null_condition(cond: Mapping[str, Any]) -> dict[str, Any]:
-    """The unconditional version of ``cond``: empty layouts, all-ignore masks, empty captions, class -1, ..."""
+    """The unconditional version of ``cond``: empty layouts (and no box phrases), all-ignore masks, empty captions, class -1, ..."""
     return {key: condition_kind(key).null(value) for key, value in cond.items()}
 
 

@@ -6,6 +6,7 @@ A config has the sections of the original release::
      "denoising_model": {UNet arguments},            # or "adapt": {"foundation_ckpt", "layout"}
                                                      # or "adapt": {"foundation", "path", "layout", ...} (layoutdiffuse.sd)
                                                      # or "init_ckpt": path (fine-tune a trained model)
+     "warm_start": {"ckpt", "parts"},                # optional: tensors copied by name (layoutdiffuse.warm_start)
      "diffusion": {"training": name, schedule/process, optimizer, sampling, ...},
      "data": {"dataset": name, "batch_size", "num_workers", dataset arguments},
      "trainer_args": {pytorch_lightning.Trainer arguments},
@@ -28,7 +29,8 @@ from .schema import (MAX_BATCH, MAX_BATCH_SIZE, MAX_CONFIG_BYTES, MAX_IMAGE_SIZE
 
 __all__ = ["ConfigError", "load_config", "set_override", "validate", "signature_defaults"]
 
-SECTIONS = ("expt_name", "expt_dir", "seed", "denoising_model", "diffusion", "data", "trainer_args", "callbacks", "adapt", "init_ckpt", "description")
+SECTIONS = ("expt_name", "expt_dir", "seed", "denoising_model", "diffusion", "data", "trainer_args", "callbacks", "adapt", "init_ckpt", "warm_start",
+            "description")
 REQUIRED = ("expt_name", "diffusion", "data")
 #: the sections that say where the model comes from (a config has exactly one)
 MODEL_SECTIONS = ("denoising_model", "adapt", "init_ckpt")
@@ -204,8 +206,15 @@ def validate(config: dict[str, Any]) -> None:
             raise ConfigError(f"config section 'denoising_model': {err}") from None
     elif "init_ckpt" in config:
         check_type(config["init_ckpt"], "", "init_ckpt")
+        if "warm_start" in config:
+            raise ConfigError("config section 'warm_start' starts a new model ('denoising_model' or 'adapt'); 'init_ckpt' "
+                              "already fine-tunes a whole trained model")
     else:
         check_adapt(config["adapt"])
+    if "warm_start" in config:
+        from .warm_start import check_warm_start
+
+        check_warm_start(config["warm_start"])
 
     diffusion = config["diffusion"]
     training = check_name(TRAININGS, diffusion.get("training", "DDPMTraining"), "diffusion.training")

@@ -33,17 +33,24 @@ log = logging.getLogger(__name__)
 
 def build_model(config: Mapping[str, Any]) -> nn.Module:
     """The denoising model: from ``denoising_model``, a foundation checkpoint adapted by ``adapt``, or
-    the sampling (EMA) weights of a trained module's checkpoint or export (``init_ckpt``, to fine-tune)."""
-    if "denoising_model" in config:
-        return UNet(**config["denoising_model"])
+    the sampling (EMA) weights of a trained module's checkpoint or export (``init_ckpt``, to fine-tune);
+    ``warm_start`` then copies tensors of a trained model by name (:mod:`layoutdiffuse.warm_start`)."""
     if "init_ckpt" in config:
         log.info("fine-tuning %s", config["init_ckpt"])
         return sampling_model(config["init_ckpt"])
-    from .adapt import adapt
+    if "denoising_model" in config:
+        model = UNet(**config["denoising_model"])
+    else:
+        from .adapt import adapt
 
-    spec = config["adapt"]
-    log.info("adapting foundation %s", spec["foundation_ckpt"])
-    return adapt(sampling_model(spec["foundation_ckpt"]), spec["layout"])
+        spec = config["adapt"]
+        log.info("adapting foundation %s", spec["foundation_ckpt"])
+        model = adapt(sampling_model(spec["foundation_ckpt"]), spec["layout"])
+    if "warm_start" in config:
+        from .warm_start import warm_start
+
+        warm_start(model, config["warm_start"]["ckpt"], config["warm_start"].get("parts", "all"))
+    return model
 
 
 def build_module(config: Mapping[str, Any], model: nn.Module | None = None, architecture: Mapping[str, Any] | None = None,

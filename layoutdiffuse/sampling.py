@@ -25,21 +25,35 @@ from .layout_file import load_layout, parse_layout
 from .errors import UserError, MissingFileError
 
 SHIPPED_MODEL = Path(__file__).parent / "weights" / "layout_mnist.safetensors"
+#: the shipped models by name (``ckpt="layout-mnist-color"``, ``--ckpt layout-mnist-color``); the first is the default
+SHIPPED_MODELS = {"layout-mnist": SHIPPED_MODEL, "layout-mnist-color": SHIPPED_MODEL.with_name("layout_mnist_color.safetensors")}
+
+
+def checkpoint_path(ckpt: str | Path | None) -> Path:
+    """A checkpoint path, a shipped model's name (:data:`SHIPPED_MODELS`) or ``None`` (the default
+    shipped model) -> its path."""
+    if ckpt is None:
+        return SHIPPED_MODEL
+    if isinstance(ckpt, str) and ckpt in SHIPPED_MODELS:
+        return SHIPPED_MODELS[ckpt]
+    return Path(ckpt)
 
 
 def load_model(ckpt: str | Path | None = None, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto") -> pl.LightningModule:
-    """A ready-to-sample module of its own (callers may move or change it); ``None`` = the shipped
-    Layout-MNIST model. ``device`` / ``dtype``: see :mod:`layoutdiffuse.devices` (``auto``: the GPU when
+    """A ready-to-sample module of its own (callers may move or change it); ``ckpt``: a path, a shipped
+    model's name (:data:`SHIPPED_MODELS`) or ``None`` (the shipped grey Layout-MNIST model). ``device`` / ``dtype``: see :mod:`layoutdiffuse.devices` (``auto``: the GPU when
     there is one, half precision for latent models on CUDA, float32 otherwise)."""
     from .factory import load_checkpoint
 
     from .files import check_readable
 
     if ckpt is not None and not isinstance(ckpt, (str, Path)):
-        raise UserError(f"ckpt must be a checkpoint path or a loaded module, got {type(ckpt).__name__}")
-    path = Path(ckpt) if ckpt is not None else SHIPPED_MODEL
+        raise UserError(f"ckpt must be a checkpoint path, a shipped model's name ({', '.join(SHIPPED_MODELS)}) or a loaded module, "
+                        f"got {type(ckpt).__name__}")
+    path = checkpoint_path(ckpt)
     if not path.exists():
-        hint = " (the shipped model is missing from this install)" if ckpt is None else ""
+        shipped = ckpt is None or ckpt in SHIPPED_MODELS
+        hint = " (the shipped model is missing from this install)" if shipped else f" (shipped models by name: {', '.join(SHIPPED_MODELS)})"
         raise MissingFileError(f"checkpoint {path} does not exist{hint}")
     return load_checkpoint(check_readable(path, "checkpoint"), device=device, dtype=dtype)
 
@@ -107,9 +121,35 @@ def as_layout(layout: Any, class_names: list[str]) -> torch.Tensor:
     return parse_layout(layout, class_names)
 
 
+def layout_and_names(module: pl.LightningModule, layout: Any, phrases: Any = None) -> tuple[torch.Tensor, list[str]]:
+    """A layout for ``module`` as ``(rows (N, 5) or (B, N, 5), names)``: each row's class indexes
+    ``names``, the model's class names, or for a phrase model the phrases of the layout (objects'
+    ``"text"``, or labels read as text; a tensor's classes index ``phrases``)."""
+    if not module.is_phrase_model:
+        if phrases is not None:
+            raise UserError(f"phrases= is for models that read a phrase per box; this one reads the classes {', '.join(module.label_names[:20])}")
+        return as_layout(layout, module.label_names), module.label_names
+    from .layout_file import load_phrase_layout, parse_phrase_layout
+
+    if layout is None:
+        return torch.zeros(0, 5), []
+    if isinstance(layout, (str, Path)):
+        return load_phrase_layout(layout)
+    if isinstance(layout, torch.Tensor):
+        if phrases is None or not isinstance(phrases, (list, tuple)) or not all(isinstance(p, str) and p.strip() for p in phrases):
+            raise UserError("a layout tensor for a phrase model needs phrases=[...]: the phrase of each class id in its last column")
+        return as_layout(layout, list(phrases)), list(phrases)
+    return parse_phrase_layout(layout)
+
+
+def box_text(layouts: torch.Tensor, names: list[str]) -> list[list[str]]:
+    """``layouts (B, N, 5)`` whose classes index ``names`` -> ``cond["box_text"]``: per image the names of its real rows."""
+    return [[names[int(c)] for c in row[:, 4].tolist() if c >= 0] for row in layouts]
+
+
 def sample_batched(module: pl.LightningModule, n: int, layouts: torch.Tensor | None = None, seed: int = 0,
                    batch_size: int = 250, progress: bool = False, prompt: str | None = None, masks: torch.Tensor | None = None,
-                   **sampling: Any) -> torch.Tensor:
+                   phrases: list[str] | None = None, **sampling: Any) -> torch.Tensor:
     """``n`` samples ``(n, C, H, W)`` in [-1, 1], float32 on the CPU, drawn ``batch_size`` at a time.
 
     ``layouts``: ``(n, N, 5)`` box layouts (row ``i`` conditions image ``i``) or ``None``
@@ -117,7 +157,7 @@ def sample_batched(module: pl.LightningModule, n: int, layouts: torch.Tensor | N
     so a draw does not depend on what ran before (images inside one batch share its generator, so
     the images after a batch's first one change with the batch size). ``prompt``: the caption of
     every sample (text foundations). ``masks``: ``(n, H, W)`` part-id masks of a mask model instead of
-    ``layouts``. ``sampling``: ``sampler``, ``steps``, ``guidance``,
+    ``layouts``. ``phrases``: for a phrase model, the phrase of each class id of ``layouts``. ``sampling``: ``sampler``, ``steps``, ``guidance``,
     ``negative_prompt``, ... (``None`` = the module's setting).
     """
     if batch_size < 1:
@@ -130,6 +170,8 @@ def sample_batched(module: pl.LightningModule, n: int, layouts: torch.Tensor | N
         size = min(batch_size, n - i)
         g = torch.Generator(device=module.device).manual_seed(seed + i)
         cond = None if layouts is None else {"layout": layouts[i : i + size].to(module.device)}
+        if cond is not None and module.is_phrase_model:
+            cond["box_text"] = box_text(layouts[i : i + size], phrases or [])
         if masks is not None:
             cond = {"mask": masks[i : i + size].to(module.device)}
         if cond is None and module.label_classes:  # image j of the draw: class j % label_classes
@@ -171,12 +213,16 @@ def sample(
     mask: Any = None,
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
+    phrases: list[str] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Draw ``n`` images for one layout (default 8), or one image per layout of a batch.
     Returns ``(images (n, C, H, W) in [-1, 1], layouts (n, N, 5) or None)``.
 
     ``layout``: ``None`` / ``[]`` (unconditional: the empty layout), a layout file path, a list of
     ``{"label", "box"}`` objects, a tensor ``(N, 5)``, or a batch ``(B, N, 5)`` (then ``n`` is ``B``).
+    A phrase model (``ckpt="layout-mnist-color"``) takes ``{"text": "a red seven", "box"}`` objects (a
+    label is read as its text), or a tensor whose class ids index ``phrases``; the layouts returned
+    then index the layout's distinct phrases (:func:`layout_and_names` gives them).
     A class-conditional model (the MNIST toy) takes no layout and draws image ``i`` of class
     ``i % num_classes``, guided by ``guidance``.
     Unset sampler options use the model's defaults. Images are drawn ``batch_size`` at a time
@@ -217,11 +263,13 @@ def sample(
         elif guidance is not None and guidance != 1:
             raise UserError(f"guidance {guidance:g} needs a conditional model; this checkpoint is unconditional (leave guidance unset)")
         return sample_batched(module, 8 if n is None else int(n), batch_size=batch_size, **opts), None
-    rows = as_layout(layout, module.label_names)
+    rows, names = layout_and_names(module, layout, phrases)
     if rows.ndim == 3:
         if n is not None and n != len(rows):
             raise UserError(f"a batch of {len(rows)} layouts draws one image per layout: leave n unset or pass n={len(rows)}, got n={n}")
         layouts = rows
     else:
         layouts = rows[None].expand(8 if n is None else int(n), -1, -1)
+    if module.is_phrase_model:
+        opts["phrases"] = names
     return sample_batched(module, len(layouts), layouts, guidance=guidance, batch_size=batch_size, **opts), layouts

@@ -13,25 +13,26 @@ from layoutdiffuse.errors import UserError
 from layoutdiffuse.layout import PAD
 
 
-def _check_box_text(value, batch, classes):
+#: a kind registered by a test only (a stand-in for any new kind): per-box styles, one list of strings per image
+def _check_box_style(value, batch, classes):
     if not isinstance(value, list) or len(value) != batch or not all(isinstance(texts, list) for texts in value):
         raise UserError(f"cond['box_text'] must be {batch} lists of strings (one per box)")
 
 
-#: per-box text: one list of strings per image (one string per box); null: no text for any box
-BOX_TEXT = ConditionKind(
+BOX_STYLE = ConditionKind(
     "box_text",
     null=lambda v: [[""] * len(texts) for texts in v],
     drop=lambda v, drop: [[""] * len(texts) if d else texts for d, texts in zip(drop.tolist(), v)],
     cat=lambda vs: [texts for v in vs for texts in v],
     collate=list,
-    check=_check_box_text,
+    check=_check_box_style,
 )
 
 
 @pytest.fixture
 def box_text(monkeypatch):
-    monkeypatch.setitem(CONDITIONS, "box_text", BOX_TEXT)
+    """The table's own ``box_text`` replaced, for this test, by a kind the test file defines."""
+    monkeypatch.setitem(CONDITIONS, "box_text", BOX_STYLE)
 
 
 class TextLengthToy(nn.Module):
@@ -89,7 +90,7 @@ def test_a_registered_kind_goes_through_guidance_dropout_and_batching(box_text):
 def test_an_unknown_condition_is_refused_not_passed_on():
     cond = {"layout": torch.zeros(2, 0, 5), "style": torch.ones(2, 3)}
     for operation in (null_condition, lambda c: drop_condition(c, 0.5), lambda c: cat_conditions([c, c]), check_condition):
-        with pytest.raises(UserError, match="unknown condition 'style'; the condition kinds are: layout, mask, caption, label, context"):
+        with pytest.raises(UserError, match="unknown condition 'style'; the condition kinds are: layout, mask, caption, label, box_text, context"):
             operation(cond)
 
 
@@ -98,3 +99,24 @@ def test_batch_sizes_must_agree():
         check_condition({"layout": torch.zeros(2, 0, 5), "caption": ["a", "b", "c"]})
     with pytest.raises(UserError, match=r"null condition"):
         classifier_free_guidance(nn.Identity(), {"layout": torch.zeros(2, 0, 5)}, {"caption": ["", ""]}, 2.0)
+
+
+def test_box_text_kind_nulls_drops_batches_and_checks_phrases():
+    layout = torch.tensor([[[0.1, 0.1, 0.3, 0.3, 0.0], [0.5, 0.5, 0.2, 0.2, 0.0]],
+                           [[0.2, 0.2, 0.5, 0.5, 0.0], [0.0, 0.0, 0.0, 0.0, PAD]]])
+    cond = {"layout": layout, "box_text": [["a red 2", "blue one"], ["the 0 is cyan"]]}
+    null = null_condition(cond)
+    assert null["box_text"] == [[], []] and null["layout"].shape == (2, 0, 5)  # no rows, no phrases
+    dropped = drop_condition(cond, 1.0)
+    assert dropped["box_text"] == [[], []] and (dropped["layout"][..., 4] == PAD).all()
+    kept = drop_condition(cond, 0.0)
+    assert kept["box_text"] == cond["box_text"] and torch.equal(kept["layout"], layout)
+    both = cat_conditions([cond, null])
+    assert both["box_text"] == cond["box_text"] + [[], []] and both["layout"].shape == (4, 2, 5)
+    samples = [{"image": torch.zeros(3, 2, 2), "layout": layout[i, : 2 - i], "box_text": cond["box_text"][i]} for i in range(2)]
+    batch = collate(samples)
+    assert batch["box_text"] == cond["box_text"] and torch.equal(batch["layout"], layout)
+    for bad, message in ((["a"], "must be a list of 2 lists"), ([["a"], [""]], "image 1, box 0: a box's phrase must be a non-empty"),
+                         ([["a"], ["x" * 201]], "at most 200 characters")):
+        with pytest.raises(UserError, match=message):
+            check_condition({"layout": layout, "box_text": bad})

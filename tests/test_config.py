@@ -57,7 +57,7 @@ def test_load_config_errors(tmp_path):
 # --- the layout adaptor's options: one schema (layoutdiffuse.nn.options), checked on every path ---------
 
 LAYOUT_MNIST = Path(CONFIG).parent / "layout_mnist.json"
-ADAPTOR_KEYS = "embed_dim, levels, mask, mask_pick, num_classes, num_heads, num_task_prompts, region_mask_attention"
+ADAPTOR_KEYS = "embed_dim, instance_prompt, levels, mask, mask_pick, max_words, num_classes, num_heads, num_task_prompts, region_mask_attention, vocabulary"
 
 
 @pytest.fixture

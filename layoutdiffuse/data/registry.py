@@ -3,7 +3,7 @@
 A factory's keyword arguments are the keys its ``data`` config section may hold (besides
 ``dataset``, ``batch_size``, ``val_batch_size`` and ``num_workers``). A dataset may define
 ``collate`` (e.g. layout datasets pad their layouts) and ``class_names``; layout datasets
-(``layout_mnist``, ``coco_stuff``, ``visual_genome``, ``celebmask``) define all of ``collate``,
+(``layout_mnist``, ``layout_mnist_color``, ``coco_stuff``, ``visual_genome``, ``celebmask``) define all of ``collate``,
 ``class_names`` and ``num_classes`` (what the layout adaptor's ``num_classes`` must be).
 """
 from __future__ import annotations
@@ -52,6 +52,20 @@ def layout_mnist_dataset(split: str = "train", root: str | None = None, image_si
                        digit_scale=tuple(digit_scale), scale_spacing=scale_spacing, aspect_jitter=aspect_jitter, max_overlap=max_overlap,
                        length=length, seed=seed, download=download)
 
+
+@DATASETS.register("layout_mnist_color")
+def layout_mnist_color_dataset(split: str = "train", root: str | None = None, image_size: int = 32, min_digits: int = 1,
+                               max_digits: int = 3, digit_scale: tuple[float, float] = (0.35, 0.6), scale_spacing: str = "linear",
+                               aspect_jitter: float = 0.2, max_overlap: float = 0.3, length: int | None = None, seed: int = 0,
+                               pairs: str = "seen", labels: str = "text", download: bool = False) -> Dataset:
+    """:class:`~layoutdiffuse.data.color_mnist.ColorLayoutMNIST`: RGB canvases of coloured digits with a
+    phrase per box (``labels="text"``) or a class per seen (digit, colour) pair (``labels="pair"``)."""
+    from .color_mnist import ColorLayoutMNIST
+
+    check_split(split)
+    return ColorLayoutMNIST(root=root, split=split, canvas_size=image_size, min_digits=min_digits, max_digits=max_digits,
+                            digit_scale=tuple(digit_scale), scale_spacing=scale_spacing, aspect_jitter=aspect_jitter,
+                            max_overlap=max_overlap, length=length, seed=seed, download=download, pairs=pairs, labels=labels)
 
 class LayoutSubset(Subset):
     """The first samples of a layout dataset that still answers ``collate``, ``class_names`` and

@@ -41,6 +41,7 @@ from torch import nn
 
 from ..layout import IGNORE, LayoutError, empty_layout, validity
 from .options import MASK_PICKS, LayoutAdaptorOptions
+from .phrase_encoder import PhraseEncoder
 from .blocks import AdaptorState, AttentionBlock, Cond, ConditionBlock, EmbedBlock, group_norm, zero_module
 from ..errors import UserError
 
@@ -506,23 +507,62 @@ class LayoutAdaptor(nn.Module):
     ``blocks``: hook key -> :class:`LayoutAttention` (the UNet runs ``blocks[key](h, cond)`` after
     block ``key``); ``prompt_table``: ``(num_classes + 1, embed_dim)`` instance prompts (last row
     null), shared by every block; ``task_prompts``: ``(num_task_prompts, embed_dim)`` or ``None``.
+
+    With text prompts (``vocabulary`` given: ``instance_prompt: "text"``) a box's prompt is its phrase
+    (``cond["box_text"]``) encoded by ``phrase_encoder`` (:class:`~layoutdiffuse.nn.phrase_encoder.PhraseEncoder`);
+    ``prompt_table`` then holds only the null row. Each forward pass turns the batch's distinct
+    phrases into a prompt table of its own (:meth:`phrase_table`), so the same layout attention
+    serves both kinds of prompt.
     """
 
     def __init__(self, block_channels: dict[str, int], num_classes: int, embed_dim: int = 128, num_heads: int = 1,
-                 num_task_prompts: int = 64, mask: bool = False, region_mask_attention: bool = False, mask_pick: str = "top_left"):
+                 num_task_prompts: int = 64, mask: bool = False, region_mask_attention: bool = False, mask_pick: str = "top_left",
+                 vocabulary: tuple[str, ...] = (), max_words: int = 16):
         super().__init__()
-        if num_classes < 1:
+        if num_classes < 1 and not vocabulary:
             raise UserError(f"num_classes must be >= 1, got {num_classes}")
-        self.num_classes, self.mask = num_classes, mask
+        self.num_classes, self.mask = (0 if vocabulary else num_classes), mask
         self.blocks = nn.ModuleDict({key: LayoutAttention(ch, embed_dim, num_heads, mask, region_mask_attention, mask_pick=mask_pick)
                                      for key, ch in block_channels.items()})
-        self.prompt_table = nn.Embedding(num_classes + 1, embed_dim)
+        self.prompt_table = nn.Embedding(self.num_classes + 1, embed_dim)
+        self.phrase_encoder = PhraseEncoder(vocabulary, embed_dim, max_words) if vocabulary else None
         self.task_prompts = nn.Parameter(torch.randn(num_task_prompts, embed_dim)) if num_task_prompts else None
 
     @property
+    def reads_text(self) -> bool:
+        """True when a box's prompt comes from its phrase (``cond["box_text"]``), not a class."""
+        return self.phrase_encoder is not None
+
+    @property
     def condition_classes(self) -> dict[str, int]:
-        """The condition kind this adaptor reads and its number of classes (for the boundary check)."""
-        return {"mask" if self.mask else "layout": self.num_classes}
+        """The condition kind this adaptor reads and its number of classes (for the boundary check;
+        none for text prompts, whose layout rows only mark boxes and padding)."""
+        return {} if self.reads_text else {"mask" if self.mask else "layout": self.num_classes}
+
+    def phrase_table(self, layout: torch.Tensor, box_text: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Text prompts of one forward pass: ``layout: (B, N, 5)`` and ``box_text`` (``B`` lists of
+        phrases, one per real row in row order) -> ``(table (P + 1, D), layout)``: the ``P`` distinct
+        phrases encoded once (last row null) and the layout with each real row's class set to its
+        phrase's row of that table."""
+        valid = validity(layout)
+        counts = valid.sum(1).tolist()
+        if box_text is None:
+            if any(counts):
+                raise UserError("this model reads a phrase per box (cond['box_text']: one list of phrases per image); "
+                                "a layout's labels are its phrases (layoutdiffuse.sample and the layout files turn them into text)")
+            box_text = [[] for _ in counts]
+        if len(box_text) != len(counts) or any(len(t) != c for t, c in zip(box_text, counts)):
+            given = [len(t) for t in box_text]
+            raise UserError(f"cond['box_text'] must give one phrase per box: the layout has {counts} boxes per image, "
+                            f"box_text {given} phrases")
+        flat = [p for texts in box_text for p in texts]
+        rows = {p: i for i, p in enumerate(dict.fromkeys(flat))}
+        null = self.prompt_table.weight
+        table = torch.cat([self.phrase_encoder.encode(list(rows)).to(null.dtype), null])
+        layout = layout.clone()
+        ids = torch.tensor([float(rows[p]) for p in flat], dtype=layout.dtype, device=layout.device)
+        layout[..., 4] = layout[..., 4].masked_scatter(valid, ids)
+        return table, layout
 
     def prepare(self, cond: Cond, batch_size: int) -> AdaptorState:
         """The state of one forward pass for the adaptor's blocks: the layout (or mask) of ``cond``
@@ -544,6 +584,8 @@ class LayoutAdaptor(nn.Module):
                 raise LayoutError(f"layout must be a tensor of shape ({batch_size}, N, 5) for a batch of {batch_size}, "
                                   f"got {tuple(layout.shape) if isinstance(layout, torch.Tensor) else type(layout).__name__}")
             state.layout = layout.to(device)
+            if self.reads_text:
+                state.prompt_table, state.layout = self.phrase_table(state.layout, cond.get("box_text"))
         return state
 
     @classmethod
@@ -572,7 +614,8 @@ class LayoutAdaptor(nn.Module):
             raise UserError(f"no UNet block at levels {list(levels)} to attach layout attention to")
         param = next(unet.parameters())
         adaptor = cls(chosen, opts.num_classes, opts.embed_dim, opts.num_heads, opts.num_task_prompts, opts.mask,
-                      opts.region_mask_attention, opts.mask_pick)
+                      opts.region_mask_attention, opts.mask_pick, opts.vocabulary if opts.instance_prompt == "text" else (),
+                      opts.max_words)
         unet.adaptor = adaptor.to(device=param.device, dtype=param.dtype)
         if opts.num_task_prompts:
             for block in [m for m in unet.modules() if isinstance(m, AttentionBlock)]:

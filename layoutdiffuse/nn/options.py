@@ -21,21 +21,26 @@ MASK_PICKS = ("top_left", "centre")
 #: identity at insertion) or ``concat`` (the original release: per-layer prompts concatenated to the text
 #: context, one softmax; ``image_in_kv`` appends the projected image tokens too)
 TASK_PROMPT_FORMS = ("gated", "concat")
+#: ``instance_prompt``: ``class`` (a prompt-table row per class, the release) or ``text`` (a phrase per box,
+#: encoded by :class:`~layoutdiffuse.nn.phrase_encoder.PhraseEncoder`)
+INSTANCE_PROMPTS = ("class", "text")
 
 
 @dataclass(frozen=True)
 class LayoutAdaptorOptions:
     """Options of the layout adaptor of a :class:`~layoutdiffuse.nn.unet.UNet`.
 
-    ``num_classes``: size of the instance prompt table (without the null row), required;
+    ``num_classes``: size of the instance prompt table (without the null row), required for class prompts;
     ``levels``: UNet levels (downsample exponents) that get layout attention; ``embed_dim``: width
     of the instance and task prompts; ``num_heads``: heads of layout attention;
     ``num_task_prompts``: task-aware prompts (0: none); ``mask``: mask layouts instead of boxes;
     ``region_mask_attention``: mask classes as regions of the instance branch; ``mask_pick``: how a
-    mask is subsampled (:data:`MASK_PICKS`).
+    mask is subsampled (:data:`MASK_PICKS`); ``instance_prompt``: ``class`` or ``text``
+    (:data:`INSTANCE_PROMPTS`: a phrase per box instead of a class); ``vocabulary``, ``max_words``:
+    the words and the longest phrase of the text prompts' phrase encoder.
     """
 
-    num_classes: int
+    num_classes: int = 0
     levels: tuple[int, ...] = (0, 1)
     embed_dim: int = 128
     num_heads: int = 1
@@ -43,11 +48,14 @@ class LayoutAdaptorOptions:
     mask: bool = False
     region_mask_attention: bool = False
     mask_pick: str = "top_left"
+    instance_prompt: str = "class"
+    vocabulary: tuple[str, ...] = ()
+    max_words: int = 16
 
     #: allowed names of the options that take one
-    NAMES: ClassVar[dict[str, tuple[str, ...]]] = {"mask_pick": MASK_PICKS}
+    NAMES: ClassVar[dict[str, tuple[str, ...]]] = {"mask_pick": MASK_PICKS, "instance_prompt": INSTANCE_PROMPTS}
     #: lowest value of the integer options
-    LOWEST: ClassVar[dict[str, int]] = {"num_classes": 1, "embed_dim": 1, "num_heads": 1, "num_task_prompts": 0}
+    LOWEST: ClassVar[dict[str, int]] = {"num_classes": 1, "embed_dim": 1, "num_heads": 1, "num_task_prompts": 0, "max_words": 1}
 
     @classmethod
     def keys(cls) -> dict[str, Any]:
@@ -64,8 +72,20 @@ class LayoutAdaptorOptions:
         :class:`~layoutdiffuse.schema.ConfigError` names the first bad key (``path.key``) and what is allowed."""
         options = dict(options or {})
         check_keys(options, cls.keys(), path)
-        if "num_classes" not in options:
+        text = options.get("instance_prompt") == "text"
+        if "num_classes" not in options and not text:
             raise ConfigError(f"config is missing '{path}.num_classes' (size of the instance prompt table, without the null row)")
+        if text and "num_classes" in options:
+            raise ConfigError(f"config key '{path}.num_classes' does not apply to instance_prompt 'text' (a phrase per box, no class table)")
+        if text != bool(options.get("vocabulary")):
+            raise ConfigError(f"config key '{path}.vocabulary' (the phrase encoder's words) is needed with instance_prompt 'text' "
+                              "and only there")
+        if text and options.get("mask"):
+            raise ConfigError(f"config key '{path}.instance_prompt': text prompts need box layouts (mask is true)")
+        words = options.get("vocabulary", [])
+        if not isinstance(words, (list, tuple)) or not all(isinstance(w, str) and len(w.split()) == 1 for w in words) \
+                or len(set(w.lower() for w in words)) != len(words):
+            raise ConfigError(f"config key '{path}.vocabulary' must list distinct single words, got {str(words)[:200]}")
         for key, low in cls.LOWEST.items():
             value = options.get(key)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < low):
@@ -78,11 +98,15 @@ class LayoutAdaptorOptions:
             raise ConfigError(f"config key '{path}.levels' must list UNet levels (integers >= 0), got {levels!r}")
         if "levels" in options:
             options["levels"] = tuple(levels)
+        if "vocabulary" in options:
+            options["vocabulary"] = tuple(options["vocabulary"])
         return cls(**options)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON data (``levels`` as a list), as configs and checkpoints store it."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        out = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        drop = ("num_classes",) if self.instance_prompt == "text" else ("instance_prompt", "vocabulary", "max_words")
+        return {k: v for k, v in out.items() if k not in drop}  # a class model's stored options stay as they were
 
 
 @dataclass(frozen=True)

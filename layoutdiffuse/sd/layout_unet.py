@@ -289,6 +289,9 @@ class LayoutDiffusersUNet(nn.Module):
         else:
             raise TypeError(f"LayoutDiffusersUNet adapts a diffusers {' or '.join(UNET_CLASSES)}, got {type(unet).__name__}")
         opts = DiffusersLayoutOptions.parse(layout).to_dict()
+        if opts.get("instance_prompt") == "text":
+            raise UserError("instance_prompt 'text' (a phrase per box) is built for this project's UNet (the toys); the diffusers "
+                            "foundations read class prompts (instance_prompt 'class')")
         concat = opts["task_prompt_form"] == "concat"
         if concat and not self.text:
             raise UserError("task_prompt_form 'concat' (the release's) needs a text UNet (UNet2DConditionModel); "

@@ -52,6 +52,11 @@ class SamplingInterface:
         return self.is_layout_model and bool(getattr(self.model.adaptor, "mask", False))
 
     @property
+    def is_phrase_model(self) -> bool:
+        """True for layout models whose boxes carry a phrase each (``cond["box_text"]``) instead of a class."""
+        return self.is_layout_model and bool(getattr(self.model.adaptor, "reads_text", False))
+
+    @property
     def lacks_text_encoder(self) -> bool:
         """True when the denoiser reads text but the module holds no text encoder (converted without its foundation)."""
         return bool(getattr(self.model, "text", False)) and not self.is_text_model
@@ -73,8 +78,9 @@ class SamplingInterface:
 
     @property
     def label_names(self) -> list[str]:
-        """The names of the layout classes (ids as names when none were stored); empty for models without layouts."""
-        if not self.is_layout_model:
+        """The names of the layout classes (ids as names when none were stored); empty for models without
+        layouts and for phrase models (their boxes name themselves)."""
+        if not self.is_layout_model or self.is_phrase_model:
             return []
         return list(self.class_names) or [str(i) for i in range(self.model.adaptor.num_classes)]
 
