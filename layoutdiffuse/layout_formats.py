@@ -221,12 +221,12 @@ def from_gligen(data: dict[str, Any], where: str, clip: bool = False) -> tuple[O
 
 
 def to_gligen(objects: Objects, caption: str | None = None, class_names: Sequence[str] | None = None) -> dict[str, Any]:
-    """Checked objects -> diffusers' GLIGEN arguments (``prompt`` only when a caption is given)."""
+    """Checked objects -> diffusers' GLIGEN arguments (``prompt`` "" when no caption is given: the pipeline needs one)."""
     texts = [object_text(o, f"object {i}", class_names) for i, o in enumerate(objects)]
     if len(objects) > GLIGEN_MAX_OBJECTS:
         log.warning("%d objects: diffusers' GLIGEN pipeline reads the first %d and drops the rest (with its own warning)",
                     len(objects), GLIGEN_MAX_OBJECTS)
-    return {**({"prompt": caption} if caption is not None else {}), "gligen_phrases": texts,
+    return {"prompt": caption or "", "gligen_phrases": texts,
             "gligen_boxes": [box_to_corners(o["box"]) for o in objects]}
 
 

@@ -106,6 +106,19 @@ def test_integer_labels_need_class_names_for_phrase_formats(tmp_path):
     assert read_layout_objects(write_layout(objects, tmp_path / "ours.json"))[0] == objects  # our own format keeps ids
 
 
+def test_a_written_gligen_file_is_what_the_diffusers_pipeline_takes(tmp_path):
+    pipelines = pytest.importorskip("diffusers.pipelines")
+    import inspect
+
+    pipeline = pipelines.StableDiffusionGLIGENPipeline
+    path = write_layout(random_layout(seed=5), tmp_path / "g.json", format="gligen")
+    arguments = json.loads(path.read_text())
+    assert set(arguments) <= set(inspect.signature(pipeline.__call__).parameters)
+    pipeline.check_inputs(None, height=512, width=512, callback_steps=1, **arguments)  # self is not used
+    boxes = torch.tensor(arguments["gligen_boxes"])  # as the pipeline builds them: (xmin, ymin, xmax, ymax) in [0, 1]
+    assert boxes.shape == (12, 4) and (boxes[:, 2:] > boxes[:, :2]).all() and 0 <= boxes.min() and boxes.max() <= 1
+
+
 # --- each project's own files ------------------------------------------------------------------------------
 
 def test_a_gligen_file_as_diffusers_documents_it(tmp_path, caplog):
