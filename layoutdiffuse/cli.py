@@ -354,6 +354,39 @@ def cmd_evaluate_protocol(args: argparse.Namespace) -> None:
         sys.stdout.write(markdown(report))
 
 
+# --- convert-layout ----------------------------------------------------------------------------------------
+
+def add_convert_layout_args(c: argparse.ArgumentParser) -> None:
+    c.add_argument("layout", help="layout file: this project's, GLIGEN's (diffusers' gligen_phrases + gligen_boxes), InstanceDiffusion's "
+                   "or a COCO instances file (the format is read from the content)")
+    c.add_argument("--to", required=True, help="output format: layoutdiffuse | gligen | instancediffusion | coco (docs/layout_formats.md)")
+    c.add_argument("--out", required=True, help="output JSON file")
+    c.add_argument("--image", help="COCO input holding several images: the image (file_name or id) whose annotations are the layout")
+    c.add_argument("--width", type=int, help="image width in pixels for --to instancediffusion or coco (default: the input's, when it has one)")
+    c.add_argument("--height", type=int, help="image height in pixels, as --width")
+    c.add_argument("--caption", help="global caption written (GLIGEN's prompt, InstanceDiffusion's caption; default: the input's)")
+    c.add_argument("--clip", action="store_true", help="clip boxes that leave the image to it (each named in a warning) instead of refusing them")
+
+
+def check_convert_layout(args: argparse.Namespace) -> None:
+    from .layout_formats import FORMATS  # no torch
+
+    require_file(args.layout, "layout file")
+    if args.to not in FORMATS:
+        raise UserError(f"--to must be one of: {', '.join(FORMATS)}; got {args.to!r}")
+    check_output(args.out, image=False)
+
+
+def cmd_convert_layout(args: argparse.Namespace) -> None:
+    from .layout_formats import read_layout, write_layout
+
+    read = read_layout(args.layout, image=args.image, clip=args.clip)
+    width, height = read.size or (None, None)
+    path = write_layout(read.objects, args.out, args.to, caption=read.caption if args.caption is None else args.caption,
+                        width=width if args.width is None else args.width, height=height if args.height is None else args.height)
+    log.info("wrote %s: %d objects, %s -> %s", path, len(read.objects), read.format, args.to)
+
+
 # --- the parser --------------------------------------------------------------------------------------------
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -378,6 +411,8 @@ COMMANDS: dict[str, tuple[str, Callable, Callable | None, Callable]] = {
                         ".safetensors file this project loads", add_convert_release_args, check_convert_release, cmd_convert_release),
     "evaluate-protocol": ("sample a pinned evaluation protocol into a folder (resumable, shardable) and score it",
                           add_evaluate_protocol_args, check_evaluate_protocol, cmd_evaluate_protocol),
+    "convert-layout": ("convert a layout file between this project's format, GLIGEN, InstanceDiffusion and COCO",
+                       add_convert_layout_args, check_convert_layout, cmd_convert_layout),
 }
 
 
