@@ -9,7 +9,9 @@ A model that reads a phrase per box (``instance_prompt: "text"``) takes ``"text"
 
     [{"text": "a red seven", "box": [0.1, 0.2, 0.4, 0.5]}, {"label": "3", "box": [x, y, w, h]}]
 
-(a label is then its text). Such a layout is read as the same ``(N, 5)`` tensor whose class column
+(a label is then its text). The layouts of GLIGEN, InstanceDiffusion and COCO files load too
+(:mod:`layoutdiffuse.layout_formats`: their phrases as text; for a class model a phrase that is a
+class name is that class). Such a layout is read as the same ``(N, 5)`` tensor whose class column
 indexes a list of *names*, here the layout's distinct phrases (:func:`parse_phrase_layout`), so
 padding, batching, drawing and saving are one implementation for both kinds of box.
 """
@@ -57,6 +59,9 @@ def _row(i: int, box: Any, cls: int) -> list[float]:
 
 def parse_layout(objects: Any, class_names: Sequence[str]) -> torch.Tensor:
     """A list of ``{"label", "box"}`` objects -> validated layout ``(N, 5)``."""
+    if isinstance(objects, list):  # a phrase that is a class name is that class (another project's layout of these classes)
+        objects = [{"label": o["text"], "box": o["box"]} if isinstance(o, dict) and set(o) == {"text", "box"} and o["text"] in class_names
+                   else o for o in objects]
     rows = []
     for i, obj in enumerate(_objects(objects, text=False, class_names=class_names)):
         label = obj["label"]
@@ -127,6 +132,10 @@ def _load(path: str | Path, parse: Any) -> Any:
         raise LayoutError(f"{path} nests JSON too deeply; a layout is a flat list of {{\"label\", \"box\"}} objects") from None
     except OSError as err:
         raise LayoutError(f"cannot read layout file {path}: {err.strerror or err}") from None
+    if isinstance(objects, dict):  # another project's layout (GLIGEN, InstanceDiffusion, COCO): its boxes as text objects
+        from .layout_formats import read_layout_objects
+
+        objects = read_layout_objects(path)[0]
     try:
         return parse(objects)
     except LayoutError as err:
