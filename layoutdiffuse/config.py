@@ -144,6 +144,19 @@ def check_sampling_section(sampling: dict[str, Any], path: str) -> None:
                 raise ConfigError(f"config key '{path}.{key}': {err}") from None
 
 
+#: what a ``warm_start`` copies (:mod:`layoutdiffuse.warm_start`)
+WARM_START_PARTS = ("backbone", "adaptor", "all")
+
+
+def check_warm_start(spec: Any) -> None:
+    """The ``warm_start`` section: ``{"ckpt": path, "parts": one of WARM_START_PARTS}``."""
+    check_keys(spec, {"ckpt": "", "parts": ""}, "warm_start")
+    if "ckpt" not in spec:
+        raise ConfigError("config is missing 'warm_start.ckpt' (the trained model to copy tensors from)")
+    if spec.get("parts", "all") not in WARM_START_PARTS:
+        raise ConfigError(f"config key 'warm_start.parts': unknown part {spec['parts']!r}; choose one of: {', '.join(WARM_START_PARTS)}")
+
+
 def check_adapt(adapt: Any) -> None:
     """The ``adapt`` section: a foundation checkpoint of this project (``foundation_ckpt``) or a
     diffusers foundation (``foundation``, ``path``, ...), and its ``layout`` adaptor options
@@ -212,8 +225,6 @@ def validate(config: dict[str, Any]) -> None:
     else:
         check_adapt(config["adapt"])
     if "warm_start" in config:
-        from .warm_start import check_warm_start
-
         check_warm_start(config["warm_start"])
 
     diffusion = config["diffusion"]

@@ -25,7 +25,6 @@ from .nn.adaptor import is_adaptor_name
 
 log = logging.getLogger(__name__)
 
-PARTS = ("backbone", "adaptor", "all")
 
 
 def tiled(source: torch.Tensor, shape: torch.Size) -> torch.Tensor | None:
@@ -70,13 +69,3 @@ def warm_start(model: nn.Module, path: str | Path, parts: str = "all") -> dict[s
              path, parts, counts["copied"], counts["tiled"], counts["kept"])
     return counts
 
-
-def check_warm_start(spec: Any) -> None:
-    """The ``warm_start`` config section: ``{"ckpt": path, "parts": one of PARTS}``."""
-    from .schema import ConfigError, check_keys
-
-    check_keys(spec, {"ckpt": "", "parts": ""}, "warm_start")
-    if "ckpt" not in spec:
-        raise ConfigError("config is missing 'warm_start.ckpt' (the trained model to copy tensors from)")
-    if spec.get("parts", "all") not in PARTS:
-        raise ConfigError(f"config key 'warm_start.parts': unknown part {spec['parts']!r}; choose one of: {', '.join(PARTS)}")
