@@ -11,7 +11,7 @@ Per run, the wall seconds from launching ``python -m layoutdiffuse`` to
 The checkouts run in turn within each repeat, so a load that changes during the benchmark hits them
 alike. Prints JSON: each root's seconds per run and their median::
 
-    python benchmarks/bench_startup.py --repeats 5 --root . --root /tmp/other_checkout
+    .venv/bin/python benchmarks/bench_startup.py --repeats 5 --root . --label this --root /tmp/other_checkout --label other
 """
 from __future__ import annotations
 
@@ -66,21 +66,27 @@ def seconds_to_first_step(root: Path, out: Path) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--root", action="append", type=Path, help="a checkout to time (repeatable; default: this one)")
+    p.add_argument("--label", action="append", help="a name for each --root in the report, in their order (default: the paths)")
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args()
     roots = [r.resolve() for r in args.root or [ROOT]]
-    runs: dict[str, dict[str, list[float]]] = {str(r): {"missing_file": [], "first_step": [], "import_torch": []} for r in roots}
+    labels = args.label or [str(r) for r in roots]
+    if len(labels) != len(roots):
+        raise SystemExit(f"give one --label per --root ({len(roots)}), got {len(labels)}")
+    load_before = os.getloadavg()
+    runs: dict[str, dict[str, list[float]]] = {label: {"missing_file": [], "first_step": [], "import_torch": []} for label in labels}
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(args.repeats):
-            for root in roots:
-                seen = runs[str(root)]
+            for root, label in zip(roots, labels):
+                seen = runs[label]
                 seen["missing_file"].append(seconds_to_exit(root, [sys.executable, "-m", "layoutdiffuse", "sample", "--ckpt",
                                                                    str(Path(tmp) / "missing.ckpt")], "does not exist"))
                 seen["first_step"].append(seconds_to_first_step(root, Path(tmp) / "x.png"))
                 seen["import_torch"].append(seconds_to_exit(root, [sys.executable, "-c", "import torch"], ""))
-    report = {root: {name: {"seconds": [round(s, 2) for s in values], "median": round(statistics.median(values), 2)}
-                     for name, values in seen.items()} for root, seen in runs.items()}
-    print(json.dumps({"repeats": args.repeats, "cpus": os.cpu_count(), "load_average": os.getloadavg(), "roots": report}, indent=1))
+    report = {label: {name: {"seconds": [round(s, 2) for s in values], "median": round(statistics.median(values), 2)}
+                     for name, values in seen.items()} for label, seen in runs.items()}
+    print(json.dumps({"repeats": args.repeats, "cpus": os.cpu_count(), "load_average": {"start": load_before, "end": os.getloadavg()},
+                      "roots": report}, indent=1))
 
 
 if __name__ == "__main__":

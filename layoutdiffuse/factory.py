@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping
 import torch
 from torch import nn
 
-from .checkpoints import (MetaWithoutNormalInit, cast, check_fits, is_plain_unet, model_from_architecture, module_state, read_module_file, sampling_model,
-                          sampling_state_dict)
+from .checkpoints import (MetaWithoutNormalInit, cast, check_fits, is_plain_unet, model_from_architecture, module_state, read_module_file,
+                          sampling_model, sampling_state_dict)
 from .devices import resolve_device, resolve_dtype
 from .errors import UserError
 from .nn import UNet
@@ -132,6 +132,14 @@ def parameters_on_meta() -> Iterator[None]:
         nn.Module.register_parameter = register
 
 
+def sampling_module_state(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A training module's state dict (or an export's) as a :class:`SamplingModule`'s: the sampling (EMA)
+    weights as ``model.*``; the live weights and the EMA counter dropped (training state), keys of no
+    module part kept (so they are refused as unexpected, as the training module refuses them)."""
+    stray = {k: v for k, v in weights.items() if not k.startswith(("model.", "ema."))}
+    return {**{f"model.{k}": v for k, v in sampling_state_dict(weights).items()}, **stray}
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device | None = None, device: str | torch.device = "cpu",
                     dtype: str | torch.dtype = "auto", sampling_only: bool = False) -> pl.LightningModule | SamplingModule:
     """A trained module (eval mode) from a Lightning checkpoint or a ``.safetensors`` export
@@ -166,7 +174,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device | None = 
     except UserError as err:
         raise UserError(f"checkpoint {path}: its metadata describes a model that cannot be built: {err}") from None
     weights = {k: cast(v, target) for k, v in ckpt["state_dict"].items()}
-    state = {f"model.{k}": v for k, v in sampling_state_dict(weights).items()} if light else module_state(module, weights)
+    state = sampling_module_state(weights) if light else module_state(module, weights)
     if wrong := dtype_mismatch(module.state_dict(), state):  # a bool or int8 tensor would be cast (or assigned) silently
         raise UserError(f"checkpoint {path} does not fit the model it describes: {wrong}")
     try:

@@ -141,6 +141,18 @@ def test_the_shipped_model_samples_the_same_either_way():
     assert torch.equal(a, b) and layouts.shape == (2, 2, 5)
 
 
+def test_a_stray_tensor_is_refused_by_both_loaders(tmp_path):
+    from layoutdiffuse.errors import UserError
+
+    path = write_checkpoint(tiny_config(), tmp_path / "toy.ckpt")
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["state_dict"]["stray.weight"] = torch.zeros(3)
+    torch.save(ckpt, path)
+    for sampling_only in (True, False):
+        with pytest.raises(UserError, match=r"does not match its architecture: missing keys \[\], unexpected keys \['stray.weight'\]"):
+            load_checkpoint(path, sampling_only=sampling_only)
+
+
 def test_other_training_classes_load_as_their_training_module(tmp_path):
     """Improved DDPM keeps its own sampling defaults (ancestral, learned variance): loaded in full."""
     path = write_checkpoint(tiny_config("mnist_improved.json", sampling={"sampler": "ancestral", "steps": 3}), tmp_path / "improved.ckpt")
