@@ -118,7 +118,7 @@ def check_fits(path: Path, architecture: dict[str, Any], state_dict: dict[str, t
         raise UserError(f"checkpoint {path}: its model description must be an object, got {type(architecture).__name__}")
     adaptor_log = logging.getLogger("layoutdiffuse.nn.adaptor")  # a shape-only probe is not a model being built: no log line
     try:
-        with torch.device("meta"), MetaWithoutNormalInit(), contextlib.ExitStack() as stack:
+        with torch.device("meta"), MetaWithoutRandomInit(), contextlib.ExitStack() as stack:
             stack.callback(setattr, adaptor_log, "disabled", adaptor_log.disabled)
             adaptor_log.disabled = True
             probe = model_from_architecture(architecture)
@@ -135,19 +135,22 @@ def check_fits(path: Path, architecture: dict[str, Any], state_dict: dict[str, t
         raise UserError(f"checkpoint {path} does not fit the model it describes, {describe(architecture)}: {shown}")
 
 
-class MetaWithoutNormalInit(TorchFunctionMode):
-    """Inside the block, ``normal_`` initialisers leave a ``meta`` tensor as it is (it holds no values to
-    draw; torch's meta ``normal_`` imports ``torch._dynamo``, over a second of a command's start-up on a
-    small machine). Tensors elsewhere are initialised as usual."""
+class MetaWithoutRandomInit(TorchFunctionMode):
+    """Inside the block, tensors made on the ``meta`` device are not drawn at random: ``normal_``
+    initialisers leave a meta tensor as it is and ``torch.randn`` on the meta device gives an empty one
+    (meta tensors hold no values; torch's meta versions of these import ``torch._dynamo`` and sympy,
+    about two seconds of a command's start-up on a small machine). Tensors elsewhere are drawn as usual."""
 
-    SKIPPED = (torch.Tensor.normal_, torch.nn.init.normal_, torch.nn.init.trunc_normal_)
+    NORMAL_INITS = (torch.Tensor.normal_, torch.nn.init.normal_, torch.nn.init.trunc_normal_)
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
-        if func in self.SKIPPED:
+        if func in self.NORMAL_INITS:
             tensor = args[0] if args else kwargs["tensor"]  # Tensor.normal_(self, ...) or init.normal_(tensor=..., ...)
             if tensor.is_meta:
                 return tensor
+        elif func is torch.randn and torch.device(kwargs.get("device") or torch.get_default_device()).type == "meta":
+            return torch.empty(*args, **{k: v for k, v in kwargs.items() if k != "generator"})
         return func(*args, **kwargs)
 
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping
 import torch
 from torch import nn
 
-from .checkpoints import (MetaWithoutNormalInit, cast, check_fits, is_plain_unet, model_from_architecture, module_state, read_module_file,
+from .checkpoints import (MetaWithoutRandomInit, cast, check_fits, is_plain_unet, model_from_architecture, module_state, read_module_file,
                           sampling_model, sampling_state_dict)
 from .devices import resolve_device, resolve_dtype
 from .errors import UserError
@@ -126,7 +126,7 @@ def parameters_on_meta() -> Iterator[None]:
 
     nn.Module.register_parameter = on_meta
     try:
-        with MetaWithoutNormalInit():
+        with MetaWithoutRandomInit():
             yield
     finally:
         nn.Module.register_parameter = register

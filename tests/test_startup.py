@@ -1,5 +1,5 @@
 """Start-up of the commands that sample: a model loaded only to sample is a ``SamplingModule`` (no
-Lightning, no torchmetrics, no torch._dynamo before the first denoising step), and it samples exactly
+Lightning, no torchmetrics, no torch._dynamo or sympy before the first denoising step), and it samples exactly
 as the training module loaded from the same file."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import layoutdiffuse
-from layoutdiffuse.checkpoints import MetaWithoutNormalInit, export_weights
+from layoutdiffuse.checkpoints import MetaWithoutRandomInit, export_weights
 from layoutdiffuse.factory import build_module, load_checkpoint
 from layoutdiffuse.sampling import SHIPPED_MODEL, load_model, module_for
 from layoutdiffuse.training.meta import CKPT_KEY, checkpoint_meta
@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 
 #: what a command that only samples must not import before its first denoising step
-HEAVY = ("pytorch_lightning", "lightning", "lightning_fabric", "torchmetrics", "torchvision", "torch._dynamo")
+HEAVY = ("pytorch_lightning", "lightning", "lightning_fabric", "torchmetrics", "torchvision", "torch._dynamo", "sympy")
 
 FIRST_STEP = """
 import json, sys
@@ -187,12 +187,17 @@ def test_module_for_takes_either_kind_of_module_and_loads_a_path(tmp_path):
     assert layoutdiffuse.DDPMTraining.load_from_checkpoint(SHIPPED_MODEL).__class__.__name__ == "DDPMTraining"
 
 
-def test_meta_modules_skip_only_the_meta_normal_init():
-    with torch.device("meta"), MetaWithoutNormalInit():
+def test_meta_modules_skip_only_the_meta_random_draws():
+    with torch.device("meta"), MetaWithoutRandomInit():
         embedding = torch.nn.Embedding(5, 3)
+        prompts = torch.randn(4, 2, dtype=torch.float16)
     assert embedding.weight.is_meta and embedding.weight.shape == (5, 3)
+    assert prompts.is_meta and prompts.shape == (4, 2) and prompts.dtype == torch.float16
     torch.manual_seed(0)
-    with MetaWithoutNormalInit():
+    with MetaWithoutRandomInit():
+        drawn = torch.randn(1000, generator=torch.Generator().manual_seed(1))
         real = torch.zeros(1000).normal_()
         initialised = torch.nn.init.normal_(torch.zeros(1000), std=2.0)
-    assert 0.8 < real.std() < 1.2 and 1.6 < initialised.std() < 2.4  # tensors off the meta device are drawn as usual
+        on_meta = torch.randn(3, device="meta")
+    assert torch.equal(drawn, torch.randn(1000, generator=torch.Generator().manual_seed(1)))  # tensors off the meta device: as usual
+    assert 0.8 < real.std() < 1.2 and 1.6 < initialised.std() < 2.4 and on_meta.is_meta
