@@ -6,7 +6,8 @@ Per run, the wall seconds from launching ``python -m layoutdiffuse`` to
 * ``first_step``: the first denoising step of ``sample --layout docs/example_layout.json`` with the
   shipped model (the sampler's progress bar appears on stderr just before the first model call;
   the run is stopped there);
-* ``import_torch``: ``python -c "import torch"``, the floor under every command that samples.
+* ``import_torch``: ``python -c "import torch"``, the floor under every command that samples (timed
+  to the end of the import, as ``first_step`` is: neither counts the interpreter's exit).
 
 The checkouts run in turn within each repeat, so a load that changes during the benchmark hits them
 alike. Prints JSON: each root's seconds per run and their median::
@@ -28,6 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 #: the end of the sampler's progress-bar description, "DPMSolverPlusPlusSampler (25 steps)"
 FIRST_STEP = b" steps)"
+IMPORT_TORCH = "import sys, torch; sys.stderr.write('imported\\n'); sys.stderr.flush()"
 
 
 def environment(root: Path) -> dict[str, str]:
@@ -44,17 +46,16 @@ def seconds_to_exit(root: Path, args: list[str], expect: str) -> float:
     return seconds
 
 
-def seconds_to_first_step(root: Path, out: Path) -> float:
-    """Seconds from launching ``sample`` (the shipped model) to its sampler's progress bar; the run is then stopped."""
-    args = [sys.executable, "-m", "layoutdiffuse", "sample", "--layout", "docs/example_layout.json", "--out", str(out)]
+def seconds_to_marker(root: Path, args: list[str], marker: bytes) -> float:
+    """Seconds from launching ``args`` (run in ``root``) to ``marker`` on its stderr; the run is then stopped."""
     start = time.perf_counter()
     proc = subprocess.Popen(args, cwd=root, env=environment(root), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     seen = b""
     try:
-        while FIRST_STEP not in seen:
+        while marker not in seen:
             chunk = os.read(proc.stderr.fileno(), 4096)
             if not chunk:
-                raise SystemExit(f"sample in {root} ended before its first step:\n{seen.decode(errors='replace')[-2000:]}")
+                raise SystemExit(f"{args} in {root} ended before {marker!r}:\n{seen.decode(errors='replace')[-2000:]}")
             seen += chunk
         return time.perf_counter() - start
     finally:
@@ -81,8 +82,9 @@ def main() -> None:
                 seen = runs[label]
                 seen["missing_file"].append(seconds_to_exit(root, [sys.executable, "-m", "layoutdiffuse", "sample", "--ckpt",
                                                                    str(Path(tmp) / "missing.ckpt")], "does not exist"))
-                seen["first_step"].append(seconds_to_first_step(root, Path(tmp) / "x.png"))
-                seen["import_torch"].append(seconds_to_exit(root, [sys.executable, "-c", "import torch"], ""))
+                seen["first_step"].append(seconds_to_marker(root, [sys.executable, "-m", "layoutdiffuse", "sample", "--layout",
+                                                                   "docs/example_layout.json", "--out", str(Path(tmp) / "x.png")], FIRST_STEP))
+                seen["import_torch"].append(seconds_to_marker(root, [sys.executable, "-c", IMPORT_TORCH], b"imported"))
     report = {label: {name: {"seconds": [round(s, 2) for s in values], "median": round(statistics.median(values), 2)}
                      for name, values in seen.items()} for label, seen in runs.items()}
     print(json.dumps({"repeats": args.repeats, "cpus": os.cpu_count(), "load_average": {"start": load_before, "end": os.getloadavg()},
