@@ -17,17 +17,21 @@ import logging
 import pickle
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pytorch_lightning as pl
 import torch
+from torch.overrides import TorchFunctionMode
 
 from .errors import UserError
 from .config import check_checkpoint_metadata
 from .files import check_readable, checkpoint_format, save_safetensors
 from .nn import UNet
 from .sd.spec import is_foundation_config
-from .training.callbacks import CKPT_KEY, checkpoint_meta
+from .training.meta import CKPT_KEY, checkpoint_meta
+
+if TYPE_CHECKING:  # annotations only: reading a file for sampling needs no Lightning
+    import pytorch_lightning as pl
+
 
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint dict safely (tensors and plain data only) with a clear error."""
@@ -114,7 +118,7 @@ def check_fits(path: Path, architecture: dict[str, Any], state_dict: dict[str, t
         raise UserError(f"checkpoint {path}: its model description must be an object, got {type(architecture).__name__}")
     adaptor_log = logging.getLogger("layoutdiffuse.nn.adaptor")  # a shape-only probe is not a model being built: no log line
     try:
-        with torch.device("meta"), contextlib.ExitStack() as stack:
+        with torch.device("meta"), MetaWithoutRandomInit(), contextlib.ExitStack() as stack:
             stack.callback(setattr, adaptor_log, "disabled", adaptor_log.disabled)
             adaptor_log.disabled = True
             probe = model_from_architecture(architecture)
@@ -129,6 +133,25 @@ def check_fits(path: Path, architecture: dict[str, Any], state_dict: dict[str, t
     if problems:
         shown = "; ".join(problems[:4]) + (f"; ... ({len(problems)} keys in all)" if len(problems) > 4 else "")
         raise UserError(f"checkpoint {path} does not fit the model it describes, {describe(architecture)}: {shown}")
+
+
+class MetaWithoutRandomInit(TorchFunctionMode):
+    """Inside the block, tensors made on the ``meta`` device are not drawn at random: ``normal_``
+    initialisers leave a meta tensor as it is and ``torch.randn`` on the meta device gives an empty one
+    (meta tensors hold no values; torch's meta versions of these import ``torch._dynamo`` and sympy,
+    about two seconds of a command's start-up on a small machine). Tensors elsewhere are drawn as usual."""
+
+    NORMAL_INITS = (torch.Tensor.normal_, torch.nn.init.normal_, torch.nn.init.trunc_normal_)
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        if func in self.NORMAL_INITS:
+            tensor = args[0] if args else kwargs["tensor"]  # Tensor.normal_(self, ...) or init.normal_(tensor=..., ...)
+            if tensor.is_meta:
+                return tensor
+        elif func is torch.randn and torch.device(kwargs.get("device") or torch.get_default_device()).type == "meta":
+            return torch.empty(*args, **{k: v for k, v in kwargs.items() if k != "generator"})
+        return func(*args, **kwargs)
 
 
 def is_plain_unet(meta: dict[str, Any]) -> bool:

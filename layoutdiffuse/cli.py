@@ -164,8 +164,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     import time
 
     check_sampling_options(args)
-    from .sampling import layout_and_names, load_model, sample
-    from .visualize import grid_columns, save_grid
+    from .sampling import layout_and_names, load_model, sample  # no Lightning: the model loads only to sample
 
     module = load_model(args.ckpt, args.device, args.dtype)
     names = module.class_names or None
@@ -176,6 +175,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
                              progress=True, prompt=args.prompt, negative_prompt=args.negative_prompt, mask=args.mask,
                              batch_size=args.batch_size)
     seconds = time.perf_counter() - start
+    from .visualize import grid_columns, save_grid  # torchvision: imported once the samples are drawn
     path = save_grid(images, args.out, layouts=layouts, class_names=names, nrow=grid_columns(module))
     log.info("wrote %d samples to %s (%.1f s)", args.n, path, seconds)
     if args.save_images is not None:

@@ -20,14 +20,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 
 from .diffusion.inpaint import masked_sample
 from .errors import UserError
 from .layout import PAD, pad_layouts
 from .sampling import as_layout, module_for, out_of_memory_as_user_error
-from .training.inference import evaluating
+from .training.inference import SamplingInterface, evaluating
 
 TOLERANCE = 1e-4  # rows closer than this in every field are the same object
 EDGE = 1e-4  # a box edge this close to a pixel boundary does not reach into the next pixel
@@ -69,7 +68,7 @@ def edit_region(layouts: torch.Tensor, new_layouts: torch.Tensor, height: int, w
     return box_mask(old, height, width) | box_mask(new, height, width)
 
 
-def check_editable(module: pl.LightningModule, images: torch.Tensor) -> None:
+def check_editable(module: SamplingInterface, images: torch.Tensor) -> None:
     """One clear line when ``module`` cannot edit ``images (B, C, H, W)``."""
     if not module.is_layout_model:
         raise UserError("editing needs a layout model (a LayoutDiffuse checkpoint); this one takes no layout")
@@ -83,7 +82,7 @@ def check_editable(module: pl.LightningModule, images: torch.Tensor) -> None:
 
 
 @torch.no_grad()
-def edit_images(module: pl.LightningModule, images: torch.Tensor, layouts: torch.Tensor, new_layouts: torch.Tensor,
+def edit_images(module: SamplingInterface, images: torch.Tensor, layouts: torch.Tensor, new_layouts: torch.Tensor,
                 sampler: str | None = None, steps: int | None = None, guidance: float | None = None, resample: int = 0,
                 generator: torch.Generator | None = None, progress: bool = False, **options: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """Edit a batch: ``images (B, C, H, W)`` in [-1, 1] drawn for ``layouts (B, N, 5)``, re-generated for
@@ -156,7 +155,7 @@ def edit_file(image: str | Path, layout: Any, new_layout: Any, out: str | Path, 
     return paths
 
 
-def edit(image: Any, layout: Any, new_layout: Any, ckpt: str | Path | pl.LightningModule | None = None, n: int = 1,
+def edit(image: Any, layout: Any, new_layout: Any, ckpt: str | Path | SamplingInterface | None = None, n: int = 1,
          sampler: str | None = None, steps: int | None = None, guidance: float | None = None, resample: int = 0,
          seed: int = 0, progress: bool = False, batch_size: int | None = None, device: str | torch.device | None = None,
          dtype: str | torch.dtype | None = None) -> torch.Tensor:

@@ -16,13 +16,13 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-import pytorch_lightning as pl
 import torch
 
 from .diffusion.guidance import class_labels
 from .layout import validate_layout
 from .layout_file import load_layout, parse_layout
 from .errors import UserError, MissingFileError
+from .training.inference import SamplingInterface
 
 SHIPPED_MODEL = Path(__file__).parent / "weights" / "layout_mnist.safetensors"
 #: the shipped models by name (``ckpt="layout-mnist-color"``, ``--ckpt layout-mnist-color``); the first is the default
@@ -39,10 +39,13 @@ def checkpoint_path(ckpt: str | Path | None) -> Path:
     return Path(ckpt)
 
 
-def load_model(ckpt: str | Path | None = None, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto") -> pl.LightningModule:
+def load_model(ckpt: str | Path | None = None, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto") -> SamplingInterface:
     """A ready-to-sample module of its own (callers may move or change it); ``ckpt``: a path, a shipped
     model's name (:data:`SHIPPED_MODELS`) or ``None`` (the shipped grey Layout-MNIST model). ``device`` / ``dtype``: see :mod:`layoutdiffuse.devices` (``auto``: the GPU when
-    there is one, half precision for latent models on CUDA, float32 otherwise)."""
+    there is one, half precision for latent models on CUDA, float32 otherwise). Loaded only to sample
+    (:func:`~layoutdiffuse.factory.load_checkpoint` ``sampling_only=True``): a
+    :class:`~layoutdiffuse.training.sampling_module.SamplingModule`, without Lightning, where it samples as
+    the training module would; :func:`~layoutdiffuse.factory.load_checkpoint` gives the training module."""
     from .factory import load_checkpoint
 
     from .files import check_readable
@@ -55,14 +58,14 @@ def load_model(ckpt: str | Path | None = None, device: str | torch.device = "aut
         shipped = ckpt is None or ckpt in SHIPPED_MODELS
         hint = " (the shipped model is missing from this install)" if shipped else f" (shipped models by name: {', '.join(SHIPPED_MODELS)})"
         raise MissingFileError(f"checkpoint {path} does not exist{hint}")
-    return load_checkpoint(check_readable(path, "checkpoint"), device=device, dtype=dtype)
+    return load_checkpoint(check_readable(path, "checkpoint"), device=device, dtype=dtype, sampling_only=True)
 
 
-def module_for(ckpt: str | Path | pl.LightningModule | None, device: str | torch.device | None,
-               dtype: str | torch.dtype | None) -> pl.LightningModule:
+def module_for(ckpt: str | Path | SamplingInterface | None, device: str | torch.device | None,
+               dtype: str | torch.dtype | None) -> SamplingInterface:
     """``ckpt`` loaded (:func:`load_model`; ``None`` device / dtype = ``auto``), or a module given, moved
     to ``device`` / ``dtype`` when they are given (``None``: left where it is)."""
-    if not isinstance(ckpt, pl.LightningModule):
+    if not isinstance(ckpt, SamplingInterface):  # a training module or a SamplingModule
         return load_model(ckpt, device or "auto", dtype or "auto")
     if device is None and dtype is None:
         return ckpt
@@ -82,7 +85,7 @@ def out_of_memory_as_user_error(batch_size: int, what: str = "sampling") -> Iter
                         "batch_size=), or use --dtype bfloat16 / float16, or a smaller image size") from None
 
 
-def check_conditions(module: pl.LightningModule, layout: Any = None, mask: Any = None, prompt: str | None = None,
+def check_conditions(module: SamplingInterface, layout: Any = None, mask: Any = None, prompt: str | None = None,
                      negative_prompt: str | None = None) -> None:
     """One line, before anything is sampled, when the conditions given do not fit ``module``: boxes
     for a mask model, a mask for a box model, text for a model without a text encoder, or a
@@ -121,7 +124,7 @@ def as_layout(layout: Any, class_names: list[str]) -> torch.Tensor:
     return parse_layout(layout, class_names)
 
 
-def layout_and_names(module: pl.LightningModule, layout: Any, phrases: Any = None) -> tuple[torch.Tensor, list[str]]:
+def layout_and_names(module: SamplingInterface, layout: Any, phrases: Any = None) -> tuple[torch.Tensor, list[str]]:
     """A layout for ``module`` as ``(rows (N, 5) or (B, N, 5), names)``: each row's class indexes
     ``names``, the model's class names, or for a phrase model the phrases of the layout (objects'
     ``"text"``, or labels read as text; a tensor's classes index ``phrases``)."""
@@ -147,7 +150,7 @@ def box_text(layouts: torch.Tensor, names: list[str]) -> list[list[str]]:
     return [[names[int(c)] for c in row[:, 4].tolist() if c >= 0] for row in layouts]
 
 
-def sample_batched(module: pl.LightningModule, n: int, layouts: torch.Tensor | None = None, seed: int = 0,
+def sample_batched(module: SamplingInterface, n: int, layouts: torch.Tensor | None = None, seed: int = 0,
                    batch_size: int = 250, progress: bool = False, prompt: str | None = None, masks: torch.Tensor | None = None,
                    phrases: list[str] | None = None, **sampling: Any) -> torch.Tensor:
     """``n`` samples ``(n, C, H, W)`` in [-1, 1], float32 on the CPU, drawn ``batch_size`` at a time.
@@ -183,7 +186,7 @@ def sample_batched(module: pl.LightningModule, n: int, layouts: torch.Tensor | N
     return torch.cat(chunks)
 
 
-def timed_samples(module: pl.LightningModule, n: int, sampler: str | None = None, steps: int | None = None, seed: int = 0,
+def timed_samples(module: SamplingInterface, n: int, sampler: str | None = None, steps: int | None = None, seed: int = 0,
                   batch_size: int = 250, guidance: float | None = None) -> tuple[torch.Tensor, float]:
     """:func:`sample_batched` with no layout (a class-conditional model: image ``i`` of class
     ``i % num_classes``) and the wall seconds it took (the GPU synchronised)."""
@@ -201,7 +204,7 @@ BATCH_SIZE = 64
 def sample(
     layout: Any = None,
     n: int | None = None,
-    ckpt: str | Path | pl.LightningModule | None = None,
+    ckpt: str | Path | SamplingInterface | None = None,
     sampler: str | None = None,
     steps: int | None = None,
     guidance: float | None = None,

@@ -61,6 +61,7 @@ class MultistepSampler(Sampler):
     def __init__(self, diffusion: GaussianDiffusion, steps: int | None = 20, clip: bool = False):
         super().__init__(diffusion, steps, clip)
         self.timesteps = self.make_timesteps()
+        self.steps = len(self.timesteps)  # the model evaluations made (the ldm grid may hold a few more than asked)
         abar = torch.cumprod(1 - diffusion.betas64, 0)[self.timesteps]
         self.alpha = abar.sqrt().tolist()
         self.sigma = (1 - abar).sqrt().tolist()
@@ -75,10 +76,15 @@ class MultistepSampler(Sampler):
 
 
 def ldm_timesteps(num_timesteps: int, steps: int) -> torch.Tensor:
-    """LDM's "uniform" DDIM/PLMS grid: ``range(0, T, T // steps) + 1`` (20 of 1000: 1, 51, ..., 951)."""
-    if not 1 <= steps <= num_timesteps:
-        raise UserError(f"steps must be in [1, {num_timesteps}], got {steps}")
-    return torch.arange(0, num_timesteps, num_timesteps // steps) + 1
+    """LDM's "uniform" DDIM/PLMS grid ``(K,)``: ``range(0, T, T // steps) + 1`` (20 of 1000: 1, 51, ..., 951),
+    less the timestep ``T`` where the grid reaches it (``T - 1`` a multiple of ``T // steps``: 9 of 100,
+    3 of 1000), which is past the chain's end (LDM's own sampler fails there). As in LDM, a ``steps``
+    that does not divide ``T`` may give a few more timesteps than asked (30 of 1000: 31). The grid
+    starts at t = 1, so ``steps`` is at most ``T - 1``."""
+    if not 1 <= steps < num_timesteps:
+        raise UserError(f"steps must be an integer in [1, {num_timesteps - 1}] for the ldm spacing (its grid starts at t = 1), got {steps}")
+    grid = torch.arange(0, num_timesteps, num_timesteps // steps) + 1
+    return grid[grid < num_timesteps]
 
 
 @SAMPLERS.register("plms")

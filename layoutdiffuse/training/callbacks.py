@@ -13,11 +13,9 @@ import pytorch_lightning as pl
 import torch
 
 from ..visualize import grid_columns, save_grid
+from .meta import CKPT_KEY, checkpoint_meta  # noqa: F401 (CKPT_KEY: public here too)
 
 log = logging.getLogger(__name__)
-
-#: the checkpoint entry holding what rebuilds a module (config, architecture, image shape, class names)
-CKPT_KEY = "layoutdiffuse"
 
 #: allowed keys (with example defaults for type checks) of each ``callbacks`` config section
 CALLBACK_KEYS = {
@@ -25,12 +23,6 @@ CALLBACK_KEYS = {
     "images": {"every_n_train_steps": 1, "n": 1, "sampler": "", "steps": 1, "guidance": 1.0, "eta": 0.0, "clip": True, "seed": 0},
     "wandb": {"enabled": False, "project": "", "mode": "", "entity": None},
 }
-
-
-def checkpoint_meta(module: pl.LightningModule) -> dict[str, Any]:
-    """What a checkpoint needs to rebuild its module: config, architecture, image shape, class names."""
-    return {"config": module.config, "model": module.model.config, "image_shape": list(module.image_shape),
-            "class_names": list(module.class_names)}
 
 
 class SaveConfig(pl.Callback):

@@ -29,6 +29,7 @@ from ..diffusion.guidance import drop_condition
 from ..errors import UserError
 from .inference import SamplingInterface, evaluating  # noqa: F401 (evaluating: public here too)
 from .progress import training_fraction
+from .sampling_module import PROCESS_KEYS, SAMPLING_DEFAULTS, split_diffusion
 
 
 LOSS_WEIGHTINGS = ("uniform", "min_snr")
@@ -108,7 +109,7 @@ class DDPMTraining(SamplingInterface, pl.LightningModule):
         self.image_shape = tuple(image_shape)
         self.optimizer_args = {"lr": 2e-4, "weight_decay": 0.0, "betas": (0.9, 0.999), "train": "all", "adaptor_lr": None, **(optimizer or {})}
         self.lr_scheduler_args = {"name": "constant", "warmup_steps": 0, "total_steps": None, **(lr_scheduler or {})}
-        self.sampling_args = {"sampler": "ddim", "steps": 50, "clip": True, "guidance": 1.0, **(sampling or {})}
+        self.sampling_args = {**SAMPLING_DEFAULTS, **(sampling or {})}
         if not 0 <= cond_drop_prob <= 1:
             raise UserError(f"cond_drop_prob must be in [0, 1], got {cond_drop_prob}")
         self.cond_drop_prob = cond_drop_prob
@@ -125,7 +126,7 @@ class DDPMTraining(SamplingInterface, pl.LightningModule):
             self.ema.requires_grad_(False)
 
     #: keys of the diffusion process allowed in the config's ``diffusion`` section
-    PROCESS_KEYS = {"training": "", "schedule": "", "num_timesteps": 1, "prediction": "", "learn_sigma": False, "beta_start": 0.0, "beta_end": 0.0, "s": 0.0}
+    PROCESS_KEYS = PROCESS_KEYS
 
     @classmethod
     def config_keys(cls) -> dict[str, Any]:
@@ -145,8 +146,7 @@ class DDPMTraining(SamplingInterface, pl.LightningModule):
     @classmethod
     def split_config(cls, section: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """``diffusion`` config section -> (GaussianDiffusion kwargs, training kwargs)."""
-        process = {k: v for k, v in section.items() if k in cls.PROCESS_KEYS and k != "training"}
-        return process, {k: v for k, v in section.items() if k not in cls.PROCESS_KEYS}
+        return split_diffusion(section, cls.PROCESS_KEYS)
 
     # --- data --------------------------------------------------------------------------------
     def process_batch(self, batch: Any, mode: str = "train") -> dict[str, Any]:

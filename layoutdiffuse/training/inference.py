@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
-import pytorch_lightning as pl
 import torch
 from torch import nn
 
@@ -18,6 +17,9 @@ from ..diffusion import classifier_free_guidance, conditioned, make_sampler
 from ..diffusion.gaussian import ModelFn
 from ..diffusion.guidance import check_guidance, class_labels, null_condition
 from ..errors import UserError
+
+if TYPE_CHECKING:  # annotations only: this module imports without Lightning (a SamplingModule samples without it)
+    import pytorch_lightning as pl
 
 
 @contextlib.contextmanager
@@ -34,7 +36,7 @@ def evaluating(model: nn.Module) -> Iterator[nn.Module]:
 class SamplingInterface:
     """Declared inference attributes and the sampling set-up. Expects of the module: ``model`` and
     ``ema`` (denoiser and its EMA copy or ``None``), ``diffusion``, ``image_shape``, ``sampling_args``,
-    ``class_names``, ``device`` (a LightningModule)."""
+    ``class_names``, ``device`` (a LightningModule, or a :class:`~layoutdiffuse.training.sampling_module.SamplingModule`)."""
 
     @property
     def sampling_model(self) -> nn.Module:
