@@ -86,7 +86,7 @@ class FoundationPhraseEncoder(CachedPhraseEncoder):
         the text encoder's device; a phrase the encoder cannot read whole is refused."""
         tokenizer = self.frozen.tokenizer
         limit = tokenizer.model_max_length
-        ids = tokenizer(list(phrases)).input_ids
+        ids = tokenizer(list(phrases), verbose=False).input_ids  # counted first: a long phrase is refused here, not warned about
         for text, row in zip(phrases, ids):
             if not text.strip():
                 raise UserError(f"a box's phrase is empty ({text!r}); give each box a few words, e.g. 'a red car'")
