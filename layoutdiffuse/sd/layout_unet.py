@@ -24,6 +24,10 @@ layer's output projection. (Concatenating the prompts into one softmax would mov
 them even with a zero projection; the gate keeps the start exact and still gets a gradient from
 the first step.)
 
+Per-box text (``instance_prompt="text"``, docs/method.md §2a): the adaptor's phrase encoder is a
+:class:`~layoutdiffuse.sd.phrases.FoundationPhraseEncoder` over the foundation's own frozen text
+encoder (handed over by :meth:`LayoutDiffusersUNet.use_text_encoder`, never saved with the adaptor).
+
 The original release's forms are options, so its checkpoints load exactly
 (:mod:`layoutdiffuse.release`): ``task_prompt_form="concat"`` (per-layer prompts concatenated to the
 text context, one softmax; ``image_in_kv`` appends the projected image tokens too,
