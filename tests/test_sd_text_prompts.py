@@ -12,12 +12,12 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from tiny_sd import box_layouts, save_sd_folder, tiny_ldm, tiny_sd
+from test_latent import sd_config
+from tiny_sd import box_layouts, perturbed, save_sd_folder, tiny_ldm, tiny_sd
 
 from layoutdiffuse.conditions import collate
 from layoutdiffuse.data.registry import DATASETS
 from layoutdiffuse.errors import UserError
-from layoutdiffuse.nn.adaptor import is_adaptor_name
 from layoutdiffuse.schema import ConfigError
 from layoutdiffuse.sd.layout_unet import LayoutDiffusersUNet
 from layoutdiffuse.sd.phrases import FoundationPhraseEncoder
@@ -29,15 +29,10 @@ TEXT = {"instance_prompt": "text", "levels": [0, 1], "embed_dim": 8, "num_task_p
 IMAGE = 16
 
 
-def text_model(sd: dict, seed: int = 5) -> LayoutDiffusersUNet:
+def text_model(sd: dict) -> LayoutDiffusersUNet:
     """A text-prompt model on ``sd``'s UNet (a copy) holding its text encoder, every adaptor weight random (no identity)."""
-    model = LayoutDiffusersUNet(copy.deepcopy(sd["unet"]), TEXT, foundation="stable_diffusion").eval()
+    model = perturbed(LayoutDiffusersUNet(copy.deepcopy(sd["unet"]), TEXT, foundation="stable_diffusion").eval())
     model.use_text_encoder(sd["text_encoder"], sd["tokenizer"])
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if is_adaptor_name(name):
-                p.copy_(0.3 * torch.randn(p.shape, generator=g))
     return model
 
 
@@ -207,17 +202,12 @@ def sd_folder(tmp_path_factory) -> Path:
     return save_sd_folder(tmp_path_factory.mktemp("pretrained") / "tiny-sd")
 
 
-def text_config(folder: Path, tmp: Path, **diffusion) -> dict:
-    return {
-        "expt_name": "tiny_sd_text", "expt_dir": str(tmp), "seed": 0,
-        "adapt": {"foundation": "stable_diffusion", "path": str(folder), "layout": dict(TEXT)},
-        "diffusion": {"training": "LatentDDPMTraining", "ema_decay": 0.9, "optimizer": {"lr": 1e-2},
-                      "sampling": {"sampler": "plms", "steps": 3, "guidance": 5.0}, **diffusion},
-        "data": {"dataset": "tiny_layout_phrases", "image_size": IMAGE, "batch_size": 2, "num_workers": 0},
-        "trainer_args": {"max_steps": 2, "accelerator": "cpu", "limit_val_batches": 0, "enable_progress_bar": False,
-                         "logger": False, "enable_model_summary": False},
-        "callbacks": {"checkpoint": {"every_n_train_steps": 2}},
-    }
+def text_config(folder: Path, tmp: Path) -> dict:
+    """test_latent's tiny Stable Diffusion config with text prompts on the phrase dataset."""
+    config = sd_config(folder, tmp, ema_decay=0.9, optimizer={"lr": 1e-2})
+    config["adapt"]["layout"] = dict(TEXT)
+    config["data"]["dataset"] = "tiny_layout_phrases"
+    return config
 
 
 def phrase_calls(text_encoder: torch.nn.Module) -> list[int]:
@@ -262,7 +252,7 @@ def test_training_moves_the_projection_and_never_clip_and_the_checkpoint_round_t
     assert all(torch.equal(v, clip_then[k]) for k, v in clip_now.items())  # CLIP did not
     assert trained.ema.module.adaptor.phrase_encoder.frozen.text_encoder is trained.text_encoder  # shared, not copied
 
-    path = tmp_path / "tiny_sd_text" / "checkpoints" / "last.ckpt"
+    path = tmp_path / config["expt_name"] / "checkpoints" / "last.ckpt"
     ckpt = read_checkpoint(path)
     phrase_keys = sorted(k for k in ckpt["state_dict"] if "phrase_encoder" in k)
     assert phrase_keys == ["ema.module.adaptor.phrase_encoder.proj.bias", "ema.module.adaptor.phrase_encoder.proj.weight",
