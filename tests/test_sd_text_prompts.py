@@ -84,6 +84,11 @@ def test_ldm_bert_phrase_vectors_are_the_mean_over_the_phrase_tokens(ldm_bert):
         with torch.no_grad():
             states = bert(ids)[0][0]
         torch.testing.assert_close(got[i], states.mean(0), atol=1e-5, rtol=1e-5)
+    model = LayoutDiffusersUNet(copy.deepcopy(tiny_sd()["unet"]), TEXT, foundation="ldm_text")  # the LAION LDM's UNet reads 32-wide text too
+    model.use_text_encoder(bert, tok)
+    layout = torch.tensor([[[0.1, 0.1, 0.5, 0.6, 0.0], [0.5, 0.5, 0.4, 0.4, 1.0]]])
+    out = model(torch.randn(1, 4, 8, 8), torch.tensor([7]), {"layout": layout, "box_text": [phrases], "context": torch.randn(1, 8, 32)})
+    assert out.shape == (1, 4, 8, 8) and torch.isfinite(out).all()
 
 
 def test_bad_phrases_and_a_missing_or_foreign_encoder_are_refused_in_one_line(sd, ldm_bert):
@@ -269,3 +274,11 @@ def test_training_moves_the_projection_and_never_clip_and_the_checkpoint_round_t
                                trained.sample(2, cond, generator=torch.Generator().manual_seed(1), steps=2))
     clone = pickle.loads(pickle.dumps(loaded))  # ddp_spawn: the hand-over survives pickling, the encoder still shared
     assert clone.model.adaptor.phrase_encoder.frozen.text_encoder is clone.text_encoder
+
+    import layoutdiffuse  # the front door: text objects of a layout, from the checkpoint file
+
+    objects = [{"text": "a cat", "box": [0.1, 0.1, 0.5, 0.6]}, {"text": "red", "box": [0.5, 0.5, 0.4, 0.4]}]
+    images, layouts = layoutdiffuse.sample(objects, n=2, ckpt=path, prompt="cat", steps=2, device="cpu")
+    assert images.shape == (2, 3, IMAGE, IMAGE) and layouts[:, :, 4].tolist() == [[0, 1], [0, 1]]
+    with pytest.raises(UserError, match="is 11 tokens long"):
+        layoutdiffuse.sample([{"text": "a cat on grass", "box": [0.1, 0.1, 0.5, 0.6]}], n=1, ckpt=loaded, steps=2)
