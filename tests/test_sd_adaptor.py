@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tiny_sd import CONTEXT_DIM, MAX_LEN, SD_ARCHITECTURES, box_layouts, masks, tiny_ldm, tiny_sd
+from tiny_sd import CONTEXT_DIM, MAX_LEN, SD_ARCHITECTURES, box_layouts, masks, perturbed, tiny_ldm, tiny_sd
 
 from layoutdiffuse.adapt import param_groups
 from layoutdiffuse.nn.adaptor import is_adaptor_name
@@ -39,17 +39,6 @@ def ldm_pair():
     unet = tiny_ldm()["unet"]
     foundation = copy.deepcopy(unet)
     return foundation, LayoutDiffusersUNet(unet, LDM_LAYOUT, foundation="ldm").eval()
-
-
-def perturbed(model: LayoutDiffusersUNet, seed: int = 5) -> LayoutDiffusersUNet:
-    """A copy whose adaptor is no longer an identity (gates and zero-initialised outputs random)."""
-    model = copy.deepcopy(model)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if is_adaptor_name(name):
-                p.copy_(0.3 * torch.randn(p.shape, generator=g))
-    return model
 
 
 # --- identity at insertion ------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 architectures, a generated stand-in CLIP tokenizer; nothing downloaded) and layout helpers."""
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,19 @@ def box_layouts(b: int, num_classes: int, seed: int = 1) -> torch.Tensor:
         xy = torch.rand(n, 2, generator=g) * (1 - wh)
         layouts.append(torch.cat([xy, wh, torch.randint(0, num_classes, (n, 1), generator=g).float()], 1))
     return pad_layouts(layouts)
+
+
+def perturbed(model: torch.nn.Module, seed: int = 5) -> torch.nn.Module:
+    """A copy of an adapted model whose adaptor is no longer an identity (gates and zero-initialised outputs random)."""
+    from layoutdiffuse.nn.adaptor import is_adaptor_name
+
+    model = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if is_adaptor_name(name):
+                p.copy_(0.3 * torch.randn(p.shape, generator=g))
+    return model
 
 
 def masks(b: int, size: int, num_classes: int, seed: int = 2) -> torch.Tensor:

@@ -508,24 +508,28 @@ class LayoutAdaptor(nn.Module):
     block ``key``); ``prompt_table``: ``(num_classes + 1, embed_dim)`` instance prompts (last row
     null), shared by every block; ``task_prompts``: ``(num_task_prompts, embed_dim)`` or ``None``.
 
-    With text prompts (``vocabulary`` given: ``instance_prompt: "text"``) a box's prompt is its phrase
-    (``cond["box_text"]``) encoded by ``phrase_encoder`` (:class:`~layoutdiffuse.nn.phrase_encoder.PhraseEncoder`);
-    ``prompt_table`` then holds only the null row. Each forward pass turns the batch's distinct
-    phrases into a prompt table of its own (:meth:`phrase_table`), so the same layout attention
-    serves both kinds of prompt.
+    With text prompts (``instance_prompt: "text"``) a box's prompt is its phrase (``cond["box_text"]``)
+    encoded by ``phrase_encoder``: any module with ``encode(phrases) -> (P, embed_dim)`` -- the toys'
+    :class:`~layoutdiffuse.nn.phrase_encoder.PhraseEncoder` (built here from ``vocabulary``) or a
+    foundation's (:class:`~layoutdiffuse.sd.phrases.FoundationPhraseEncoder`, given). ``prompt_table``
+    then holds only the null row. Each forward pass turns the batch's distinct phrases into a prompt
+    table of its own (:meth:`phrase_table`), so the same layout attention serves both kinds of prompt.
     """
 
     def __init__(self, block_channels: dict[str, int], num_classes: int, embed_dim: int = 128, num_heads: int = 1,
                  num_task_prompts: int = 64, mask: bool = False, region_mask_attention: bool = False, mask_pick: str = "top_left",
-                 vocabulary: tuple[str, ...] = (), max_words: int = 16):
+                 vocabulary: tuple[str, ...] = (), max_words: int = 16, phrase_encoder: nn.Module | None = None):
         super().__init__()
-        if num_classes < 1 and not vocabulary:
+        if vocabulary and phrase_encoder is not None:
+            raise UserError("a text adaptor takes a vocabulary (the toys' phrase encoder) or a phrase encoder, not both")
+        text = bool(vocabulary) or phrase_encoder is not None
+        if num_classes < 1 and not text:
             raise UserError(f"num_classes must be >= 1, got {num_classes}")
-        self.num_classes, self.mask = (0 if vocabulary else num_classes), mask
+        self.num_classes, self.mask = (0 if text else num_classes), mask
         self.blocks = nn.ModuleDict({key: LayoutAttention(ch, embed_dim, num_heads, mask, region_mask_attention, mask_pick=mask_pick)
                                      for key, ch in block_channels.items()})
         self.prompt_table = nn.Embedding(self.num_classes + 1, embed_dim)
-        self.phrase_encoder = PhraseEncoder(vocabulary, embed_dim, max_words) if vocabulary else None
+        self.phrase_encoder = PhraseEncoder(vocabulary, embed_dim, max_words) if vocabulary else phrase_encoder
         self.task_prompts = nn.Parameter(torch.randn(num_task_prompts, embed_dim)) if num_task_prompts else None
 
     @property

@@ -24,6 +24,9 @@ TASK_PROMPT_FORMS = ("gated", "concat")
 #: ``instance_prompt``: ``class`` (a prompt-table row per class, the release) or ``text`` (a phrase per box,
 #: encoded by :class:`~layoutdiffuse.nn.phrase_encoder.PhraseEncoder`)
 INSTANCE_PROMPTS = ("class", "text")
+#: ``phrase_encoder`` of text prompts on a diffusers foundation: ``foundation`` (its own frozen text encoder,
+#: CLIP or LDMBert, through a trainable projection: :class:`~layoutdiffuse.sd.phrases.FoundationPhraseEncoder`)
+FOUNDATION_PHRASE_ENCODERS = ("foundation",)
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,9 @@ class DiffusersLayoutOptions(LayoutAdaptorOptions):
     32x32 and 16x16 of a 64x64 latent, ``(1, 2)``), plus ``mid_block`` (layout attention in the middle
     block too; the release has none there), ``task_prompt_form`` (:data:`TASK_PROMPT_FORMS`),
     ``image_in_kv`` and ``prompt_dim`` (``concat`` only; ``prompt_dim`` defaults to ``embed_dim``).
+    With ``instance_prompt: "text"`` the phrases are encoded by ``phrase_encoder``
+    (:data:`FOUNDATION_PHRASE_ENCODERS`: ``foundation``, the foundation's own frozen text encoder);
+    the toys' ``vocabulary`` and ``max_words`` do not apply.
     """
 
     levels: tuple[int, ...] = (1, 2)
@@ -124,6 +130,32 @@ class DiffusersLayoutOptions(LayoutAdaptorOptions):
     task_prompt_form: str = "gated"
     image_in_kv: bool = False
     prompt_dim: int | None = None
+    phrase_encoder: str = "foundation"
 
-    NAMES: ClassVar[dict[str, tuple[str, ...]]] = {"mask_pick": MASK_PICKS, "task_prompt_form": TASK_PROMPT_FORMS}
+    NAMES: ClassVar[dict[str, tuple[str, ...]]] = {"mask_pick": MASK_PICKS, "task_prompt_form": TASK_PROMPT_FORMS,
+                                                   "instance_prompt": INSTANCE_PROMPTS, "phrase_encoder": FOUNDATION_PHRASE_ENCODERS}
     LOWEST: ClassVar[dict[str, int]] = {**LayoutAdaptorOptions.LOWEST, "prompt_dim": 1}
+
+    @classmethod
+    def parse(cls, options: Mapping[str, Any] | None, path: str = "layout") -> "DiffusersLayoutOptions":
+        """:meth:`LayoutAdaptorOptions.parse`, with text prompts read by the foundation's text encoder
+        (``phrase_encoder``) instead of the toys' vocabulary."""
+        options = dict(options or {})
+        if options.get("instance_prompt") != "text":
+            if "phrase_encoder" in options:
+                raise ConfigError(f"config key '{path}.phrase_encoder' applies to instance_prompt 'text' only")
+            return super().parse(options, path)
+        for key in ("num_classes", "vocabulary", "max_words"):
+            if key in options:
+                raise ConfigError(f"config key '{path}.{key}' does not apply to text prompts on a diffusers foundation: its "
+                                  "boxes' phrases are encoded by the foundation's own text encoder (phrase_encoder 'foundation')")
+        if options.get("mask"):
+            raise ConfigError(f"config key '{path}.instance_prompt': text prompts need box layouts (mask is true)")
+        parsed = super().parse({k: v for k, v in options.items() if k != "instance_prompt"} | {"num_classes": 1}, path)
+        return dataclasses.replace(parsed, num_classes=0, instance_prompt="text")
+
+    def to_dict(self) -> dict[str, Any]:
+        """As :meth:`LayoutAdaptorOptions.to_dict`, the toys' text options left out (and ``phrase_encoder``
+        for class prompts, so a class model's stored options stay as they were)."""
+        drop = ("vocabulary", "max_words") if self.instance_prompt == "text" else ("phrase_encoder",)
+        return {k: v for k, v in super().to_dict().items() if k not in drop}

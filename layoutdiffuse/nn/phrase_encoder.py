@@ -8,7 +8,8 @@ learned score per word, softmax over the phrase's words: the model learns to wei
 what makes a (digit, colour) pair never seen in training expressible: its words were each seen.
 
 ``encode(phrases) -> (P, D)``. In eval mode without gradients (sampling), each phrase is encoded once
-and cached until the weights can change again (``train()``, a device or dtype move, a state-dict load).
+and cached until the weights can change again (``train()``, a device or dtype move, a state-dict load);
+:class:`CachedPhraseEncoder` holds that cache for every phrase encoder (the foundations' too).
 """
 from __future__ import annotations
 
@@ -31,7 +32,41 @@ def phrase_words(text: str) -> list[str]:
     return text.lower().split()
 
 
-class PhraseEncoder(nn.Module):
+class CachedPhraseEncoder(nn.Module):
+    """The base of phrase encoders: ``forward(phrases) -> (P, D)``, computed by a subclass whose last
+    layer is ``self.proj`` (an ``nn.Linear`` to ``D``); :meth:`encode` reads it from a per-run cache
+    when sampling. The toys' :class:`PhraseEncoder` and the foundations'
+    :class:`~layoutdiffuse.sd.phrases.FoundationPhraseEncoder` are the two."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._cache: dict[str, torch.Tensor] = {}
+
+    def encode(self, phrases: Sequence[str]) -> torch.Tensor:
+        """:meth:`forward` of ``phrases``, from the cache when sampling (eval mode, no gradients)."""
+        if self.training or torch.is_grad_enabled():
+            return self(phrases)
+        new = [p for p in dict.fromkeys(phrases) if p not in self._cache]
+        if new:
+            self._cache.update(zip(new, self(new)))
+        if not phrases:
+            return self.proj.weight.new_zeros(0, self.proj.out_features)
+        return torch.stack([self._cache[p] for p in phrases])
+
+    def train(self, mode: bool = True) -> "CachedPhraseEncoder":
+        self._cache.clear()
+        return super().train(mode)
+
+    def _apply(self, fn, *args, **kwargs):  # device / dtype moves
+        self._cache.clear()
+        return super()._apply(fn, *args, **kwargs)
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        self._cache.clear()
+        super()._load_from_state_dict(*args, **kwargs)
+
+
+class PhraseEncoder(CachedPhraseEncoder):
     """Words -> attention-pooled embedding -> ``(D,)`` prompt vector (see the module docstring).
 
     ``vocabulary``: the known words; ``embed_dim``: the prompt width ``D``; ``max_words``: the
@@ -50,7 +85,6 @@ class PhraseEncoder(nn.Module):
         self.score = nn.Embedding(len(self.words) + 1, 1)
         nn.init.zeros_(self.score.weight)  # the pool starts as the mean of the words
         self.proj = nn.Linear(embed_dim, embed_dim)
-        self._cache: dict[str, torch.Tensor] = {}
 
     def extra_repr(self) -> str:
         return f"words={len(self.words)}, max_words={self.max_words}"
@@ -86,26 +120,3 @@ class PhraseEncoder(nn.Module):
         weight = score.softmax(-1).to(self.embed.weight.dtype)
         pooled = (weight[..., None] * self.embed(ids)).sum(1)  # (P, E)
         return self.proj(pooled)
-
-    def encode(self, phrases: Sequence[str]) -> torch.Tensor:
-        """:meth:`forward` of ``phrases``, from the cache when sampling (eval mode, no gradients)."""
-        if self.training or torch.is_grad_enabled():
-            return self(phrases)
-        new = [p for p in dict.fromkeys(phrases) if p not in self._cache]
-        if new:
-            self._cache.update(zip(new, self(new)))
-        if not phrases:
-            return self.proj.weight.new_zeros(0, self.proj.out_features)
-        return torch.stack([self._cache[p] for p in phrases])
-
-    def train(self, mode: bool = True) -> "PhraseEncoder":
-        self._cache.clear()
-        return super().train(mode)
-
-    def _apply(self, fn, *args, **kwargs):  # device / dtype moves
-        self._cache.clear()
-        return super()._apply(fn, *args, **kwargs)
-
-    def _load_from_state_dict(self, *args, **kwargs) -> None:
-        self._cache.clear()
-        super()._load_from_state_dict(*args, **kwargs)

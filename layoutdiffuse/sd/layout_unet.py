@@ -24,6 +24,10 @@ layer's output projection. (Concatenating the prompts into one softmax would mov
 them even with a zero projection; the gate keeps the start exact and still gets a gradient from
 the first step.)
 
+Per-box text (``instance_prompt="text"``, docs/method.md §2a): the adaptor's phrase encoder is a
+:class:`~layoutdiffuse.sd.phrases.FoundationPhraseEncoder` over the foundation's own frozen text
+encoder (handed over by :meth:`LayoutDiffusersUNet.use_text_encoder`, never saved with the adaptor).
+
 The original release's forms are options, so its checkpoints load exactly
 (:mod:`layoutdiffuse.release`): ``task_prompt_form="concat"`` (per-layer prompts concatenated to the
 text context, one softmax; ``image_in_kv`` appends the projected image tokens too,
@@ -46,6 +50,7 @@ from ..nn.blocks import AdaptorState
 from ..nn.options import DiffusersLayoutOptions
 from ..errors import StateDictError, UserError
 from ..state_dicts import state_dict_mismatch
+from .phrases import FoundationPhraseEncoder
 
 log = logging.getLogger(__name__)
 
@@ -264,12 +269,15 @@ class LayoutDiffusersUNet(nn.Module):
             (unconditional foundation: LDM). The wrapper takes ownership: processors and hooks are
             installed on this object (deep-copy it first to keep a plain foundation).
         layout: adaptor options, :class:`~layoutdiffuse.nn.options.DiffusersLayoutOptions` (``num_classes``
-            required; ``task_prompt_form="concat"`` is the release's form, see :class:`ConcatTaskPrompt`).
+            required for class prompts; ``task_prompt_form="concat"`` is the release's form, see
+            :class:`ConcatTaskPrompt`; ``instance_prompt="text"``: a phrase per box, read by the
+            foundation's own text encoder, :mod:`layoutdiffuse.sd.phrases`, handed over by :meth:`use_text_encoder`).
         foundation: the foundation kind, stored in :attr:`config` for checkpoints.
 
-    ``cond``: ``{"layout": (B, N, 5)}`` or ``{"mask": (B, H, W)}``, plus for text foundations
-    ``"context": (B, S, D)`` (the text encoder's hidden states; :class:`LatentDDPMTraining` encodes
-    captions). ``x: (B, C, h, w)``, ``t: (B,)`` -> ``(B, C_out, h, w)``.
+    ``cond``: ``{"layout": (B, N, 5)}`` or ``{"mask": (B, H, W)}`` (text prompts: also ``"box_text"``,
+    per image a list of its boxes' phrases), plus for text foundations ``"context": (B, S, D)`` (the
+    text encoder's hidden states; :class:`LatentDDPMTraining` encodes captions).
+    ``x: (B, C, h, w)``, ``t: (B,)`` -> ``(B, C_out, h, w)``.
     """
 
     def __init__(self, unet: nn.Module, layout: Mapping[str, Any], foundation: str | None = None):
@@ -289,9 +297,12 @@ class LayoutDiffusersUNet(nn.Module):
         else:
             raise TypeError(f"LayoutDiffusersUNet adapts a diffusers {' or '.join(UNET_CLASSES)}, got {type(unet).__name__}")
         opts = DiffusersLayoutOptions.parse(layout).to_dict()
+        phrases = None
         if opts.get("instance_prompt") == "text":
-            raise UserError("instance_prompt 'text' (a phrase per box) is built for this project's UNet (the toys); the diffusers "
-                            "foundations read class prompts (instance_prompt 'class')")
+            if not self.text:
+                raise UserError("instance_prompt 'text' reads each box's phrase with the foundation's text encoder; this "
+                                "UNet2DModel foundation (an unconditional LDM) has none: use class prompts (num_classes)")
+            phrases = FoundationPhraseEncoder(unet.config.cross_attention_dim, opts["embed_dim"])
         concat = opts["task_prompt_form"] == "concat"
         if concat and not self.text:
             raise UserError("task_prompt_form 'concat' (the release's) needs a text UNet (UNet2DConditionModel); "
@@ -306,9 +317,9 @@ class LayoutDiffusersUNet(nn.Module):
         sites = layout_sites(unet, opts["levels"], opts["mid_block"])
         if not sites:
             raise UserError(f"no UNet block at levels {opts['levels']} to attach layout attention to")
-        self.adaptor = LayoutAdaptor({k: ch for k, (_, ch) in sites.items()}, opts["num_classes"], opts["embed_dim"],
+        self.adaptor = LayoutAdaptor({k: ch for k, (_, ch) in sites.items()}, opts.get("num_classes", 0), opts["embed_dim"],
                                      opts["num_heads"], 0 if concat else opts["num_task_prompts"], opts["mask"],
-                                     opts["region_mask_attention"], opts["mask_pick"])
+                                     opts["region_mask_attention"], opts["mask_pick"], phrase_encoder=phrases)
         self.task_prompt = nn.ModuleDict()
         self.num_context_prompts = 0
         if concat and (opts["num_task_prompts"] or opts["image_in_kv"]):
@@ -345,6 +356,13 @@ class LayoutDiffusersUNet(nn.Module):
         log.info("layout adaptor on %s: %d layout-attention blocks at levels %s, %d task-prompt layers, %d adaptor parameters",
                  type(unet).__name__, len(sites), opts["levels"], len(self.task_prompt) - int(self.text and bool(self.num_context_prompts)),
                  sum(p.numel() for n, p in self.named_parameters() if is_adaptor_name(n)))
+
+    def use_text_encoder(self, text_encoder: nn.Module | None, tokenizer: Any) -> None:
+        """Hand the foundation's frozen text encoder and tokenizer to the phrase encoder of text prompts
+        (:class:`~layoutdiffuse.sd.phrases.FoundationPhraseEncoder`; referenced, never saved); nothing
+        to do for class prompts. :class:`~layoutdiffuse.training.latent.LatentDDPMTraining` calls it."""
+        if isinstance(self.adaptor.phrase_encoder, FoundationPhraseEncoder):
+            self.adaptor.phrase_encoder.use_text_encoder(text_encoder, tokenizer)
 
     def enable_gradient_checkpointing(self) -> None:
         """Activation checkpointing of the UNet's blocks (diffusers) and of the layout-attention blocks."""

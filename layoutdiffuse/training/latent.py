@@ -36,7 +36,8 @@ class LatentDDPMTraining(DDPMTraining):
         denoising_model: ``model(z_t, t, cond)`` on latents (e.g. :class:`~layoutdiffuse.sd.layout_unet.LayoutDiffusersUNet`).
         autoencoder: a :class:`~layoutdiffuse.autoencoder.Autoencoder` (frozen).
         text_encoder, tokenizer: a frozen transformers text encoder and its tokenizer for text
-            foundations (``cond["caption"]`` -> ``cond["context"]``), or ``None``.
+            foundations (``cond["caption"]`` -> ``cond["context"]``), or ``None``; a denoiser with text
+            instance prompts gets them too (``use_text_encoder``: per-box phrases, :mod:`layoutdiffuse.sd.phrases`).
         latent_cache: a folder to cache the autoencoder's output for training images, or ``None``.
         kwargs: as :class:`DDPMTraining`, with latent defaults: ``image_shape`` (the *latent* shape
             ``(c, h, w)``) ``(4, 32, 32)``, ``ema_decay`` 0.9999, ``cond_drop_prob`` 0.1 (layout and
@@ -57,6 +58,9 @@ class LatentDDPMTraining(DDPMTraining):
         if (text_encoder is None) != (tokenizer is None):
             raise UserError("give both text_encoder and tokenizer, or neither")
         denoising_model.train()  # diffusers' from_pretrained returns eval-mode models
+        hand_over = getattr(denoising_model, "use_text_encoder", None)
+        if hand_over is not None:  # text prompts read with the frozen text encoder (before the EMA copy, which shares it)
+            hand_over(text_encoder, tokenizer)
         kwargs = {"image_shape": (4, 32, 32), "ema_decay": 0.9999, "cond_drop_prob": 0.1, **kwargs}
         kwargs["sampling"] = {"clip": False, **(kwargs.get("sampling") or {})}
         super().__init__(denoising_model, **kwargs)
