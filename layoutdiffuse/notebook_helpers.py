@@ -145,3 +145,22 @@ def metric_curve(experiment_dir: str | os.PathLike, key: str) -> tuple[list[int]
     with open(path, newline="") as f:
         rows = [r for r in csv.DictReader(f) if r.get(key)]
     return [int(r["step"]) for r in rows], [float(r[key]) for r in rows]
+
+
+def random_color_model(base_channel: int = 8, embed_dim: int = 16, steps: int = 5, seed: int = 0) -> Any:
+    """An untrained colour Layout-MNIST phrase model (samples are noise of the right shape): the
+    denoiser of ``configs/layout_mnist_color_foundation.json`` with ``base_channel`` channels, adapted
+    with the text instance prompts of ``configs/layout_mnist_color.json`` (``embed_dim`` wide), sampling
+    ``steps`` steps with the text model's sampler and guidance. What the notebooks and tests use where the shipped colour model is not installed."""
+    import torch
+
+    from .adapt import adapt
+    from .factory import build_module
+    from .nn import UNet
+
+    config, color = load_notebook_config("layout_mnist_color_foundation"), load_notebook_config("layout_mnist_color")
+    config["denoising_model"]["base_channel"] = base_channel
+    config["diffusion"]["sampling"] = {**color["diffusion"]["sampling"], "steps": steps}  # the text model's sampler and guidance
+    layout = {**color["adapt"]["layout"], "embed_dim": embed_dim, "num_task_prompts": 4}
+    torch.manual_seed(seed)
+    return build_module(config, adapt(UNet(**config["denoising_model"]), layout))
