@@ -158,9 +158,20 @@ def random_color_model(base_channel: int = 8, embed_dim: int = 16, steps: int = 
     from .factory import build_module
     from .nn import UNet
 
-    config, color = load_notebook_config("layout_mnist_color_foundation"), load_notebook_config("layout_mnist_color")
+    configs = Path(__file__).resolve().parents[1] / "configs"  # the package's own checkout: also from a notebook copied elsewhere
+    config, color = (json.loads((configs / f"{name}.json").read_text()) for name in ("layout_mnist_color_foundation", "layout_mnist_color"))
     config["denoising_model"]["base_channel"] = base_channel
     config["diffusion"]["sampling"] = {**color["diffusion"]["sampling"], "steps": steps}  # the text model's sampler and guidance
     layout = {**color["adapt"]["layout"], "embed_dim": embed_dim, "num_task_prompts": 4}
     torch.manual_seed(seed)
     return build_module(config, adapt(UNet(**config["denoising_model"]), layout))
+
+
+def results_rows(result: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """A results JSON (nested dicts and lists) -> ``(key path, value)`` rows, one per number or
+    string, e.g. ``("held_out.both_ok", 0.91)``: a table of any benchmark's output."""
+    if isinstance(result, dict):
+        return [row for key, value in result.items() for row in results_rows(value, f"{prefix}.{key}" if prefix else str(key))]
+    if isinstance(result, list) and any(isinstance(v, (dict, list)) for v in result):
+        return [row for i, value in enumerate(result) for row in results_rows(value, f"{prefix}[{i}]")]
+    return [(prefix, result)]

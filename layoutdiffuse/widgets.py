@@ -448,7 +448,7 @@ class LayoutSampler:
                     slider.value = value
             elif isinstance(what, tuple) and what[0] == "label":
                 self.rows[what[1]].label.value = self.draft.objects[what[1]].label
-            if what in ("objects", "selection"):
+            if what in ("objects", "selection") or what == ("label", self.draft.selected):
                 i = self.draft.selected
                 self.delete_button.disabled = i is None
                 if i is not None and self.pen.value != self.draft.objects[i].label:

@@ -427,6 +427,10 @@ def test_a_phrase_model_gets_text_fields_and_the_draft_holds_phrases(phrase_ui):
     ui.pen.value = "the 4 is cyan"
     ui.drag((150, 30), (240, 120))
     ui.rows[0].label.value = "a green  seven"  # a row's own field re-phrases its box
+    assert ui.pen.value == "the 4 is cyan"  # the field shows the selected box's phrase (the second box), not the first's
+    ui.rows[1].label.value = "the 4 is  cyan"
+    assert ui.pen.value == "the 4 is  cyan"
+    ui.rows[1].label.value = "the 4 is cyan"
     rows, names = ui.draft.layout_and_names()
     assert names == ["a green seven", "the 4 is cyan"] and rows[:, 4].tolist() == [0.0, 1.0]
     ui.press(30, 30)  # selecting a box shows its phrase in the field
