@@ -276,8 +276,9 @@ class LayoutSampler:
 
     # --- the layout (all kept by the draft) -------------------------------------------------------
     def add_object(self, label: str | int, box: Sequence[float] = DEFAULT_BOX) -> int:
-        """Add an object; ``label`` is a class name or id, ``box`` ``[x, y, w, h]`` (clamped into
-        the canvas). Returns its index. Raises :class:`LayoutError` for an unknown label or a bad box."""
+        """Add an object; ``label`` is a class name or id (a phrase model: the box's phrase), ``box``
+        ``[x, y, w, h]`` (clamped into the canvas). Returns its index. Raises :class:`LayoutError` for
+        an unknown label, an empty phrase or a bad box."""
         return self.draft.add(label, box)
 
     def remove_object(self, i: int) -> None:
@@ -289,11 +290,12 @@ class LayoutSampler:
         self.draft.clear()
 
     def objects(self) -> list[dict[str, Any]]:
-        """The layout as layout-file objects ``[{"label", "box"}]``."""
+        """The layout as layout-file objects ``[{"label", "box"}]`` (a phrase model: ``[{"text", "box"}]``)."""
         return self.draft.to_json()
 
     def layout(self) -> torch.Tensor:
-        """The validated layout ``(N, 5)`` of rows ``(x, y, w, h, class)``; raises :class:`LayoutError`."""
+        """The validated layout ``(N, 5)`` of rows ``(x, y, w, h, class)`` (a phrase model: the class
+        indexes the layout's distinct phrases, ``draft.layout_and_names()``); raises :class:`LayoutError`."""
         return self.draft.layout()
 
     # --- sampling and saving (what the buttons run) ----------------------------------------
