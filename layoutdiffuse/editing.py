@@ -261,7 +261,7 @@ def edit(image: Any, layout: Any, new_layout: Any, ckpt: str | Path | pl.Lightni
     for i in range(0, n, batch_size or n):
         size = min(batch_size or n, n - i)
         expand = lambda t: t[None].expand(size, *t.shape)  # noqa: E731
-        edited, _ = edit_images(module, images.expand(size, -1, -1, -1), expand(old), expand(new), sampler, steps, guidance, resample, g, progress,
-                                phrases=names if module.is_phrase_model else None)
+        edited, _ = edit_images(module, images.expand(size, -1, -1, -1), expand(old), expand(new), sampler, steps, guidance, resample,
+                                g, progress, phrases=names if module.is_phrase_model else None)
         chunks.append(edited)
     return torch.cat(chunks)

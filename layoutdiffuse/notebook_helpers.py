@@ -151,7 +151,8 @@ def random_color_model(base_channel: int = 8, embed_dim: int = 16, steps: int = 
     """An untrained colour Layout-MNIST phrase model (samples are noise of the right shape): the
     denoiser of ``configs/layout_mnist_color_foundation.json`` with ``base_channel`` channels, adapted
     with the text instance prompts of ``configs/layout_mnist_color.json`` (``embed_dim`` wide), sampling
-    ``steps`` steps with the text model's sampler and guidance. What the notebooks and tests use where the shipped colour model is not installed."""
+    ``steps`` steps with the text model's sampler and guidance. What the notebooks and tests use
+    where the shipped colour model is not installed."""
     import torch
 
     from .adapt import adapt

@@ -142,14 +142,15 @@ class LayoutSampler:
 
     Attributes (the widgets, for layout and for tests): ``widget`` (the whole UI), ``draft`` (the
     layout, the source of truth), ``canvas`` (ipycanvas, ``CANVAS_PX`` square), ``pen`` (class of
-    new boxes / of the selected box; a phrase model: a text field with the phrase), ``phrase_model``, ``delete_button``, ``selected`` (index or None), ``rows`` (one
-    :class:`ObjectRow` per object), ``add_button``, ``sampler``, ``steps``, ``guidance``, ``seed``,
+    new boxes / of the selected box; a phrase model: a text field with the phrase), ``phrase_model``,
+    ``delete_button``, ``selected`` (index or None), ``rows`` (one :class:`ObjectRow` per object), ``add_button``, ``sampler``, ``steps``, ``guidance``, ``seed``,
     ``count``, ``prompt`` and ``negative_prompt`` (text models only, else None), ``sample_button``,
     ``pick`` (the sample Edit starts from), ``resample``, ``edit_button``, ``grid_image`` (Image),
     ``folder``, ``save_button``, ``message`` (HTML).
     After a successful sample or edit: ``images (n, C, H, W)``, ``layouts (n, N, 5)`` or None,
-    ``names`` (what the classes of ``layouts`` index: the class names or the phrases), ``grid_png``, ``seconds`` (the time it took). The canvas shows sample ``pick`` under the boxes
-    until the layout changes; then it is cleared (the grid below keeps the samples).
+    ``names`` (what the classes of ``layouts`` index: the class names or the phrases), ``grid_png``,
+    ``seconds`` (the time it took). The canvas shows sample ``pick`` under the boxes until the
+    layout changes; then it is cleared (the grid below keeps the samples).
     """
 
     def __init__(self, module: pl.LightningModule, folder: str | Path = "outputs", n: int = 8, max_objects: int = 8,
