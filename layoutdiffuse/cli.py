@@ -209,8 +209,10 @@ def save_samples(images, layouts, folder: str | Path, class_names: list[str] | N
 def add_edit_args(d: argparse.ArgumentParser) -> None:
     d.add_argument("--image", required=True, help="the image to edit (PNG) at the model's size, e.g. one written by sample --save-images")
     d.add_argument("--layout", required=True, help="its layout file (JSON, as for sample --layout; sample --save-images writes it)")
-    d.add_argument("--new-layout", required=True, help="the edited layout file: objects moved, resized, re-labelled, added or removed")
-    d.add_argument("--ckpt", help="checkpoint or weights export; default: the shipped Layout-MNIST model")
+    d.add_argument("--new-layout", required=True, help="the edited layout file: objects moved, resized, re-labelled (for a phrase "
+                   'model re-phrased: the same box with a new "text"), added or removed')
+    d.add_argument("--ckpt", help="checkpoint, weights export or a shipped model's name: layout-mnist (the default), "
+                   "layout-mnist-color (a phrase per box)")
     d.add_argument("--n", type=int, default=1, help="number of edited versions; n > 1 writes OUT_000.png, ... (default: 1)")
     add_sampling_args(d)
     d.add_argument("--resample", type=int, default=0, help="extra RePaint passes per step (default: 0 = none)")

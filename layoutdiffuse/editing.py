@@ -13,6 +13,11 @@ kept. Inside it the model samples the *new* layout, conditioned on the kept pixe
 sampling (:func:`layoutdiffuse.diffusion.inpaint.masked_sample`: at each step the kept region is
 replaced by the forward-noised original, with ``resample`` extra RePaint passes as an option).
 
+For a model that reads a phrase per box (``ckpt="layout-mnist-color"``) the layouts carry
+``"text"`` and a box's phrase is part of its row: the class column indexes the phrases of both
+layouts (:func:`common_names`), so re-phrasing a box ("make the 7 blue": same box, new phrase) is
+an edit of that box, and the model is given each box's phrase (``cond["box_text"]``).
+
 Pixel-space layout models only (the Layout-MNIST models); latent models are not supported yet.
 """
 from __future__ import annotations
@@ -25,7 +30,8 @@ import torch
 from .diffusion.inpaint import masked_sample
 from .errors import UserError
 from .layout import PAD, pad_layouts
-from .sampling import as_layout, module_for, out_of_memory_as_user_error
+from .nn.phrase_encoder import phrase_words
+from .sampling import box_text, layout_and_names, module_for, out_of_memory_as_user_error
 from .training.inference import SamplingInterface, evaluating
 
 TOLERANCE = 1e-4  # rows closer than this in every field are the same object
@@ -68,6 +74,47 @@ def edit_region(layouts: torch.Tensor, new_layouts: torch.Tensor, height: int, w
     return box_mask(old, height, width) | box_mask(new, height, width)
 
 
+def common_names(layouts: list[tuple[torch.Tensor, list[str]]], text: bool = False) -> tuple[list[torch.Tensor], list[str]]:
+    """Layouts each with the names its classes index -> ``(layouts, names)``: the same layouts
+    ``(..., 5)`` re-indexed into one list of names (the first layout's names first, then each new one
+    in order), so that equal rows mean equal objects. ``text``: the names are phrases, and phrases a
+    phrase encoder reads alike (case, spacing) are one name, kept as first written."""
+    key = (lambda name: " ".join(phrase_words(name))) if text else (lambda name: name)
+    index: dict[str, int] = {}
+    names: list[str] = []
+    out = []
+    for rows, own in layouts:
+        ids = []
+        for name in own:
+            if key(name) not in index:
+                index[key(name)] = len(names)
+                names.append(name)
+            ids.append(index[key(name)])
+        rows = rows.clone()
+        if len(own):
+            classes = rows[..., 4].long()
+            valid = classes >= 0
+            rows[..., 4] = torch.where(valid, torch.tensor(ids, dtype=rows.dtype)[classes.clamp(min=0)], rows[..., 4])
+        out.append(rows)
+    return out, names
+
+
+def edit_condition(module: SamplingInterface, new_layouts: torch.Tensor, phrases: list[str] | None) -> dict[str, Any]:
+    """The condition of an edit: ``{"layout": new_layouts (B, N, 5)}``, and for a phrase model each
+    image's box phrases (``box_text``) read from ``phrases``, the phrase of each class id."""
+    cond: dict[str, Any] = {"layout": new_layouts}
+    if module.is_phrase_model:
+        if phrases is None:
+            raise UserError("this model reads a phrase per box: give phrases=[...], the phrase of each class id of the layouts")
+        classes = new_layouts[..., 4]
+        if (classes >= len(phrases)).any():
+            raise UserError(f"a layout row's class {int(classes.max())} has no phrase: phrases= holds {len(phrases)}")
+        cond["box_text"] = box_text(new_layouts, list(phrases))
+    elif phrases is not None:
+        raise UserError(f"phrases= is for models that read a phrase per box; this one reads the classes {', '.join(module.label_names[:20])}")
+    return cond
+
+
 def check_editable(module: SamplingInterface, images: torch.Tensor) -> None:
     """One clear line when ``module`` cannot edit ``images (B, C, H, W)``."""
     if not module.is_layout_model:
@@ -84,23 +131,28 @@ def check_editable(module: SamplingInterface, images: torch.Tensor) -> None:
 @torch.no_grad()
 def edit_images(module: SamplingInterface, images: torch.Tensor, layouts: torch.Tensor, new_layouts: torch.Tensor,
                 sampler: str | None = None, steps: int | None = None, guidance: float | None = None, resample: int = 0,
-                generator: torch.Generator | None = None, progress: bool = False, **options: Any) -> tuple[torch.Tensor, torch.Tensor]:
+                generator: torch.Generator | None = None, progress: bool = False, phrases: list[str] | None = None,
+                **options: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """Edit a batch: ``images (B, C, H, W)`` in [-1, 1] drawn for ``layouts (B, N, 5)``, re-generated for
-    ``new_layouts (B, M, 5)`` (padding rows: class -1).
+    ``new_layouts (B, M, 5)`` (padding rows: class -1). ``phrases``: for a phrase model, the phrase of
+    each class id of both layouts (one list: a box re-phrased has another class), e.g. from :func:`common_names`.
 
     Returns ``(edited (B, C, H, W) in [-1, 1], region (B, 1, H, W) bool)``; outside ``region`` the
     edited images equal ``images`` exactly. Sampler options default to the module's (``sampling_args``);
     ``options`` go to the sampler (e.g. ``eta``). Raises :class:`UserError` when an image has no change.
     """
     check_editable(module, images)
+    cond = edit_condition(module, new_layouts.float(), phrases)
     images = images.to(module.device).clamp(-1, 1)
     layouts, new_layouts = layouts.to(module.device).float(), new_layouts.to(module.device).float()
     region = edit_region(layouts, new_layouts, *images.shape[-2:])
     unchanged = ~region.flatten(1).any(1)
     if unchanged.any():
         which = "the new layout" if len(images) == 1 else f"image(s) {unchanged.nonzero().flatten().tolist()}: the new layout"
-        raise UserError(f"nothing to edit: {which} has the same objects as the old one (move, resize, re-label, add or remove one)")
-    plan = module.prepare_sampling(len(images), {"layout": new_layouts}, sampler=sampler, steps=steps, guidance=guidance, **options)
+        what = "re-phrase" if module.is_phrase_model else "re-label"
+        raise UserError(f"nothing to edit: {which} has the same objects as the old one (move, resize, {what}, add or remove one)")
+    cond["layout"] = new_layouts
+    plan = module.prepare_sampling(len(images), cond, sampler=sampler, steps=steps, guidance=guidance, **options)
     with evaluating(plan.model), out_of_memory_as_user_error(len(images), "editing"):
         edited = masked_sample(plan.sampler, plan.model_fn, images.float(), ~region, generator=generator, resample=resample, progress=progress)
     return plan.decode(edited).float().cpu(), region.cpu()
@@ -148,22 +200,38 @@ def edit_file(image: str | Path, layout: Any, new_layout: Any, out: str | Path, 
     edited = edit(original, layout, new_layout, ckpt=module, n=n, **options)
     paths = [save_image(x, path) for x, path in zip(edited, outs)]
     if grid is not None:
-        names = module.label_names
-        old, new = pad_layouts([as_layout(layout, names), as_layout(new_layout, names)])
+        old, new, names = edit_layouts(module, layout, new_layout, options.get("phrases"))
         layouts = torch.cat([old[None], new[None].expand(n, -1, -1)])
         paths.append(save_grid(torch.cat([original[None], edited.cpu()]), grid, layouts=layouts, class_names=names, nrow=n + 1))
     return paths
 
 
+def edit_layouts(module: SamplingInterface, layout: Any, new_layout: Any, phrases: list[str] | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """The old and new layout of an edit for ``module`` (each as for :func:`layoutdiffuse.sample`;
+    ``phrases``: those of tensors for a phrase model) -> ``(old (N, 5), new (N, 5), names)``, padded
+    to one length, their classes indexing ``names`` (the model's classes, or both layouts' phrases)."""
+    pairs = [layout_and_names(module, x, phrases) for x in (layout, new_layout)]
+    for (rows, _), which in zip(pairs, ("layout", "new_layout")):
+        if rows.ndim != 2:
+            raise UserError(f"{which} must be one layout (N, 5) for one image, got a batch {tuple(rows.shape)}; "
+                            "for a batch use layoutdiffuse.editing.edit_images")
+    (old, new), names = common_names(pairs, text=module.is_phrase_model)
+    old, new = pad_layouts([old, new]).unbind(0)
+    return old, new, names
+
+
 def edit(image: Any, layout: Any, new_layout: Any, ckpt: str | Path | SamplingInterface | None = None, n: int = 1,
          sampler: str | None = None, steps: int | None = None, guidance: float | None = None, resample: int = 0,
          seed: int = 0, progress: bool = False, batch_size: int | None = None, device: str | torch.device | None = None,
-         dtype: str | torch.dtype | None = None) -> torch.Tensor:
+         dtype: str | torch.dtype | None = None, phrases: list[str] | None = None) -> torch.Tensor:
     """Re-generate what changed between ``layout`` and ``new_layout`` in ``image``; ``n`` versions.
 
     ``image``: ``(C, H, W)`` or ``(1, C, H, W)`` in [-1, 1], or an image file. ``layout`` /
     ``new_layout``: a layout file, ``{"label", "box"}`` objects or an ``(N, 5)`` tensor (as for
-    :func:`layoutdiffuse.sample`). ``ckpt``: default the shipped Layout-MNIST model.
+    :func:`layoutdiffuse.sample`); for a phrase model (``ckpt="layout-mnist-color"``) ``{"text", "box"}``
+    objects (re-phrasing a box is an edit of it), or tensors whose class ids index ``phrases``.
+    ``ckpt``: default the shipped Layout-MNIST model.
     ``batch_size``: versions re-generated per model call (default all ``n`` at once; version ``i`` is the
     same whatever the batch size only when it is ``n``, as the batch shares one generator).
     ``device`` / ``dtype``: as for :func:`layoutdiffuse.sample`.
@@ -186,13 +254,13 @@ def edit(image: Any, layout: Any, new_layout: Any, ckpt: str | Path | SamplingIn
     if images.ndim == 4 and len(images) != 1:
         raise UserError(f"edit takes one image (C, H, W); for a batch use layoutdiffuse.editing.edit_images, got {tuple(image.shape)}")
     check_editable(module, images)
-    names = module.label_names
-    old, new = pad_layouts([as_layout(layout, names), as_layout(new_layout, names)]).unbind(0)
+    old, new, names = edit_layouts(module, layout, new_layout, phrases)
     g = torch.Generator(device=module.device).manual_seed(seed)
     chunks = []
     for i in range(0, n, batch_size or n):
         size = min(batch_size or n, n - i)
         expand = lambda t: t[None].expand(size, *t.shape)  # noqa: E731
-        edited, _ = edit_images(module, images.expand(size, -1, -1, -1), expand(old), expand(new), sampler, steps, guidance, resample, g, progress)
+        edited, _ = edit_images(module, images.expand(size, -1, -1, -1), expand(old), expand(new), sampler, steps, guidance, resample,
+                                g, progress, phrases=names if module.is_phrase_model else None)
         chunks.append(edited)
     return torch.cat(chunks)

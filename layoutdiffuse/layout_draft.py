@@ -2,6 +2,11 @@
 progress, and the rules that keep every box inside the canvas. :class:`layoutdiffuse.widgets.LayoutSampler`
 is a view of one :class:`LayoutDraft` (the source of truth); tests drive a draft directly.
 
+A draft for a model that reads a phrase per box (``text=True``) holds a phrase as each object's
+label (any non-empty words; the model's encoder reads them) and reads as a layout file's
+``{"text", "box"}`` objects; its layout's classes index the draft's distinct phrases
+(:meth:`LayoutDraft.layout_and_names`), as for every phrase layout (:func:`~layoutdiffuse.layout_file.parse_phrase_layout`).
+
 Coordinates are fractions of the canvas, ``(0, 0)`` top-left, boxes ``[x, y, w, h]``. Every change
 calls the listeners with what changed: ``"objects"`` (an object added or removed, or the layout
 cleared), ``("box", i)``, ``("label", i)``, ``"selection"``, ``"preview"`` (the box being drawn).
@@ -16,7 +21,7 @@ import torch
 from .box_drag import Drag, start_drag
 from .errors import UserError
 from .layout import LayoutError
-from .layout_file import parse_layout
+from .layout_file import parse_layout, parse_phrase_layout
 
 MIN_SIZE = 0.02  # smallest box side, so that a box never has zero area
 DEFAULT_BOX = (0.25, 0.25, 0.5, 0.5)
@@ -40,13 +45,13 @@ def clamp_box(box: Sequence[float]) -> list[float]:
 
 @dataclass
 class DraftObject:
-    """One object of the draft: its class name (``None`` while a dropdown shows nothing) and box."""
+    """One object of the draft: its class name (``None`` while a dropdown shows nothing) or phrase, and box."""
 
     label: Any
     box: list[float]
 
-    def to_json(self) -> dict[str, Any]:
-        return {"label": self.label, "box": list(self.box)}
+    def to_json(self, key: str = "label") -> dict[str, Any]:
+        return {key: self.label, "box": list(self.box)}
 
 
 class LayoutDraft:
@@ -58,11 +63,12 @@ class LayoutDraft:
         handle: how close (fraction of the canvas) a press must be to a corner to resize the box.
         min_drag: a drawn box smaller than this (fraction of the canvas) either way is not added.
         enabled: ``False`` for a model that takes no layout (every change is refused).
+        text: the model reads a phrase per box: labels are phrases (``class_names`` unused).
     """
 
     def __init__(self, class_names: Sequence[str], max_objects: int = 8, handle: float = 0.03, min_drag: float = 0.015,
-                 enabled: bool = True):
-        self.class_names = list(class_names)
+                 enabled: bool = True, text: bool = False):
+        self.class_names, self.text = list(class_names), text
         self.max_objects, self.handle, self.min_drag, self.enabled = max_objects, handle, min_drag, enabled
         self.objects: list[DraftObject] = []
         self.selected: int | None = None
@@ -81,7 +87,13 @@ class LayoutDraft:
 
     # --- objects -------------------------------------------------------------------------------
     def label_name(self, label: str | int) -> str:
-        """A class name or id -> the class name; raises :class:`LayoutError` naming the classes."""
+        """A class name or id -> the class name; raises :class:`LayoutError` naming the classes. For a
+        text draft: a phrase (white space normalised; an integer is its text) -> the phrase."""
+        if self.text:  # the checks of a layout file's "text"
+            try:
+                return parse_phrase_layout([{"text": label, "box": list(DEFAULT_BOX)}])[1][0]
+            except LayoutError as err:
+                raise LayoutError(str(err).removeprefix("object 0: ")) from None
         if isinstance(label, str) and label in self.class_names:
             return label
         if isinstance(label, int) and not isinstance(label, bool) and 0 <= label < len(self.class_names):
@@ -90,7 +102,10 @@ class LayoutDraft:
         raise LayoutError(f"unknown label {label!r}; use a class name ({shown}) or an id in [0, {len(self.class_names)})")
 
     def next_label(self) -> str:
-        """A class for a new object when none is chosen: the classes in turn."""
+        """A class for a new object when none is chosen: the classes in turn. A text draft has no
+        phrase to choose: it raises :class:`LayoutError` asking for one."""
+        if self.text:
+            raise LayoutError("a new box needs its phrase: type it in the text field first (e.g. \"a red seven\")")
         return self.class_names[len(self.objects) % len(self.class_names)]
 
     def add(self, label: str | int, box: Sequence[float] = DEFAULT_BOX) -> int:
@@ -196,11 +211,18 @@ class LayoutDraft:
 
     # --- reading ------------------------------------------------------------------------------
     def to_json(self) -> list[dict[str, Any]]:
-        """The layout as layout-file objects ``[{"label", "box"}]``."""
-        return [o.to_json() for o in self.objects]
+        """The layout as layout-file objects ``[{"label", "box"}]`` (a text draft: ``[{"text", "box"}]``)."""
+        return [o.to_json("text" if self.text else "label") for o in self.objects]
+
+    def layout_and_names(self) -> tuple[torch.Tensor, list[str]]:
+        """The validated layout ``(N, 5)`` of rows ``(x, y, w, h, class)`` and the names its classes
+        index: the class names, or a text draft's distinct phrases. Raises :class:`LayoutError`."""
+        if not self.enabled:
+            return torch.zeros(0, 5), []
+        if self.text:
+            return parse_phrase_layout(self.to_json())
+        return parse_layout(self.to_json(), self.class_names), self.class_names
 
     def layout(self) -> torch.Tensor:
         """The validated layout ``(N, 5)`` of rows ``(x, y, w, h, class)``; raises :class:`LayoutError`."""
-        if not self.enabled:
-            return torch.zeros(0, 5)
-        return parse_layout(self.to_json(), self.class_names)
+        return self.layout_and_names()[0]

@@ -145,3 +145,34 @@ def metric_curve(experiment_dir: str | os.PathLike, key: str) -> tuple[list[int]
     with open(path, newline="") as f:
         rows = [r for r in csv.DictReader(f) if r.get(key)]
     return [int(r["step"]) for r in rows], [float(r[key]) for r in rows]
+
+
+def random_color_model(base_channel: int = 8, embed_dim: int = 16, steps: int = 5, seed: int = 0) -> Any:
+    """An untrained colour Layout-MNIST phrase model (samples are noise of the right shape): the
+    denoiser of ``configs/layout_mnist_color_foundation.json`` with ``base_channel`` channels, adapted
+    with the text instance prompts of ``configs/layout_mnist_color.json`` (``embed_dim`` wide), sampling
+    ``steps`` steps with the text model's sampler and guidance. What the notebooks and tests use
+    where the shipped colour model is not installed."""
+    import torch
+
+    from .adapt import adapt
+    from .factory import build_module
+    from .nn import UNet
+
+    configs = Path(__file__).resolve().parents[1] / "configs"  # the package's own checkout: also from a notebook copied elsewhere
+    config, color = (json.loads((configs / f"{name}.json").read_text()) for name in ("layout_mnist_color_foundation", "layout_mnist_color"))
+    config["denoising_model"]["base_channel"] = base_channel
+    config["diffusion"]["sampling"] = {**color["diffusion"]["sampling"], "steps": steps}  # the text model's sampler and guidance
+    layout = {**color["adapt"]["layout"], "embed_dim": embed_dim, "num_task_prompts": 4}
+    torch.manual_seed(seed)
+    return build_module(config, adapt(UNet(**config["denoising_model"]), layout))
+
+
+def results_rows(result: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """A results JSON (nested dicts and lists) -> ``(key path, value)`` rows, one per number or
+    string, e.g. ``("held_out.both_ok", 0.91)``: a table of any benchmark's output."""
+    if isinstance(result, dict):
+        return [row for key, value in result.items() for row in results_rows(value, f"{prefix}.{key}" if prefix else str(key))]
+    if isinstance(result, list) and any(isinstance(v, (dict, list)) for v in result):
+        return [row for i, value in enumerate(result) for row in results_rows(value, f"{prefix}[{i}]")]
+    return [(prefix, result)]

@@ -34,6 +34,11 @@ slider you move keeps its value and its partner gives way. User errors (an inval
 sampler that rejects the step count, a folder that cannot be written) are shown in ``message`` as
 one line, never as a traceback; the full traceback goes to this module's logger at DEBUG level.
 
+A model that reads a phrase per box (``load_model("layout-mnist-color")``) gets a ``text`` field
+instead of the ``class`` dropdown, and each row a text field: a drawn box takes the phrase typed
+there, typing in it re-phrases the selected box, and **Edit** after re-phrasing a box ("make the 7
+blue") re-generates that box only. Its layout files hold ``{"text", "box"}`` objects.
+
 Models with a text encoder get a prompt and a negative-prompt box; the others take boxes only.
 ``LayoutSampler(module, device=..., dtype=...)`` passes both on to sampling. Needs ``ipywidgets>=8`` and ``ipycanvas`` (the ``notebooks`` extra).
 """
@@ -54,7 +59,7 @@ from ipycanvas import Canvas, hold_canvas
 from torchvision.io import encode_png
 
 from .diffusion import SAMPLERS
-from .editing import edit_images
+from .editing import common_names, edit_images
 from .errors import UserError
 from .layout import LayoutError, pad_layouts
 from .layout_draft import DEFAULT_BOX, MIN_SIZE, SIDES, LayoutDraft, clamp_box
@@ -77,6 +82,12 @@ def png_bytes(image: torch.Tensor) -> bytes:
     return encode_png(image.cpu()).numpy().tobytes()
 
 
+def phrase_vocabulary(module: pl.LightningModule) -> tuple[str, ...]:
+    """The words a phrase model's own phrase encoder knows (the toys'), or ``()``."""
+    encoder = getattr(getattr(module.sampling_model, "adaptor", None), "phrase_encoder", None)
+    return tuple(getattr(encoder, "words", ()))
+
+
 def _slider(name: str, value: float, lo: float, hi: float) -> W.FloatSlider:
     # a fixed description width and an explicit track width: with only an outer width the track of
     # ipywidgets 8 collapsed to its knob in JupyterLab (issue 27)
@@ -87,9 +98,9 @@ def _slider(name: str, value: float, lo: float, hi: float) -> W.FloatSlider:
 
 @dataclass
 class ObjectRow:
-    """The controls of one object: a class dropdown, x/y/w/h sliders and a remove button."""
+    """The controls of one object: a class dropdown (a phrase model: a text field), x/y/w/h sliders and a remove button."""
 
-    label: W.Dropdown
+    label: W.Dropdown | W.Text
     x: W.FloatSlider
     y: W.FloatSlider
     w: W.FloatSlider
@@ -98,9 +109,13 @@ class ObjectRow:
     box: W.HBox
 
     @classmethod
-    def create(cls, class_names: Sequence[str], label: Any, box: Sequence[float]) -> "ObjectRow":
+    def create(cls, class_names: Sequence[str], label: Any, box: Sequence[float], text: bool = False) -> "ObjectRow":
         x, y, w, h = box
-        label_w = W.Dropdown(options=list(class_names), value=label, layout=W.Layout(width="70px", flex="0 0 auto"))
+        if text:  # sent on Enter or when the field loses focus, not at every key (a half-typed phrase is not a layout)
+            label_w = W.Text(value=label, placeholder="the box's phrase", continuous_update=False,
+                             layout=W.Layout(width="150px", flex="0 0 auto"))
+        else:
+            label_w = W.Dropdown(options=list(class_names), value=label, layout=W.Layout(width="70px", flex="0 0 auto"))
         sliders = [_slider("x", x, 0.0, 1.0 - MIN_SIZE), _slider("y", y, 0.0, 1.0 - MIN_SIZE),
                    _slider("w", w, MIN_SIZE, 1.0), _slider("h", h, MIN_SIZE, 1.0)]
         remove = W.Button(icon="times", tooltip="remove this object", layout=W.Layout(width="34px", min_width="34px", padding="0", flex="0 0 auto"))
@@ -127,14 +142,15 @@ class LayoutSampler:
 
     Attributes (the widgets, for layout and for tests): ``widget`` (the whole UI), ``draft`` (the
     layout, the source of truth), ``canvas`` (ipycanvas, ``CANVAS_PX`` square), ``pen`` (class of
-    new boxes / of the selected box), ``delete_button``, ``selected`` (index or None), ``rows`` (one
-    :class:`ObjectRow` per object), ``add_button``, ``sampler``, ``steps``, ``guidance``, ``seed``,
+    new boxes / of the selected box; a phrase model: a text field with the phrase), ``phrase_model``,
+    ``delete_button``, ``selected`` (index or None), ``rows`` (one :class:`ObjectRow` per object), ``add_button``, ``sampler``, ``steps``, ``guidance``, ``seed``,
     ``count``, ``prompt`` and ``negative_prompt`` (text models only, else None), ``sample_button``,
     ``pick`` (the sample Edit starts from), ``resample``, ``edit_button``, ``grid_image`` (Image),
     ``folder``, ``save_button``, ``message`` (HTML).
     After a successful sample or edit: ``images (n, C, H, W)``, ``layouts (n, N, 5)`` or None,
-    ``grid_png``, ``seconds`` (the time it took). The canvas shows sample ``pick`` under the boxes
-    until the layout changes; then it is cleared (the grid below keeps the samples).
+    ``names`` (what the classes of ``layouts`` index: the class names or the phrases), ``grid_png``,
+    ``seconds`` (the time it took). The canvas shows sample ``pick`` under the boxes until the
+    layout changes; then it is cleared (the grid below keeps the samples).
     """
 
     def __init__(self, module: pl.LightningModule, folder: str | Path = "outputs", n: int = 8, max_objects: int = 8,
@@ -142,12 +158,14 @@ class LayoutSampler:
         self.module = module
         self.conditional = module.is_layout_model
         self.text = module.is_text_model
-        self.class_names = module.label_names
+        self.phrase_model = module.is_phrase_model
+        self.class_names = module.label_names  # empty for a phrase model: its boxes name themselves
         self.max_objects = max_objects
         self.device, self.dtype = device, dtype
         self.image_shape = tuple(module.image_shape)
         self.images: torch.Tensor | None = None
         self.layouts: torch.Tensor | None = None
+        self.names: list[str] = []
         self.grid_png: bytes | None = None
         self.seconds: float | None = None
         self.stale = False  # the layout changed since the last sample
@@ -157,7 +175,7 @@ class LayoutSampler:
         self._layout_error = False
         self._background: np.ndarray | None = None
         self.draft = LayoutDraft(self.class_names, max_objects, handle=HANDLE_PX / CANVAS_PX, min_drag=MIN_DRAG_PX / CANVAS_PX,
-                                 enabled=self.conditional)
+                                 enabled=self.conditional, text=self.phrase_model)
         self.draft.observe(self._draft_changed)
 
         defaults = module.sampling_args
@@ -166,8 +184,12 @@ class LayoutSampler:
         self.canvas.on_mouse_move(lambda u, v: self._guard("drawing", lambda: self.move_to(u, v)))
         self.canvas.on_mouse_up(lambda u, v: self._guard("drawing", lambda: self.release(u, v)))
         self.canvas.on_mouse_out(lambda u, v: self._guard("drawing", lambda: self.release(u, v)))
-        self.pen = W.Dropdown(options=self.class_names, value=self.class_names[0] if self.class_names else None, description="class",
-                              disabled=not self.conditional, layout=W.Layout(width="150px"))
+        if self.phrase_model:
+            self.pen = W.Text(value="", description="text", placeholder="the phrase of a new or the selected box", continuous_update=False,
+                              layout=W.Layout(width="300px"))
+        else:
+            self.pen = W.Dropdown(options=self.class_names, value=self.class_names[0] if self.class_names else None, description="class",
+                                  disabled=not self.conditional, layout=W.Layout(width="150px"))
         self.pen.observe(lambda _: self._guard("re-label", self._pen_changed), names="value")
         self.delete_button = W.Button(description="Delete box", icon="trash", disabled=True, layout=W.Layout(width="110px"))
         self.delete_button.on_click(lambda _: self._guard("delete", self.delete_selected))
@@ -200,7 +222,11 @@ class LayoutSampler:
 
         hint = ("drag on the canvas to add a box, drag a box to move it, drag a corner to resize, click to select"
                 if self.conditional else "this model takes no layout")
-        text_note = "" if self.text else " · boxes only: this model reads no text prompt"
+        if self.phrase_model:
+            words = phrase_vocabulary(module)
+            hint += (" · type a box's phrase in text (before drawing it, or after selecting it)"
+                     + (f"; this model's words: {' '.join(words)}" if words else ""))
+        text_note = "" if self.text or self.phrase_model else " · boxes only: this model reads no text prompt"
         framed = W.Box([self.canvas], layout=W.Layout(border="1px solid #ccc", width="fit-content", flex="0 0 auto"))  # a border
         # on the canvas itself would squeeze its 256 pixels into 254 on screen
         drawing = W.VBox([framed, W.HBox([self.pen, self.delete_button]),
@@ -251,8 +277,9 @@ class LayoutSampler:
 
     # --- the layout (all kept by the draft) -------------------------------------------------------
     def add_object(self, label: str | int, box: Sequence[float] = DEFAULT_BOX) -> int:
-        """Add an object; ``label`` is a class name or id, ``box`` ``[x, y, w, h]`` (clamped into
-        the canvas). Returns its index. Raises :class:`LayoutError` for an unknown label or a bad box."""
+        """Add an object; ``label`` is a class name or id (a phrase model: the box's phrase), ``box``
+        ``[x, y, w, h]`` (clamped into the canvas). Returns its index. Raises :class:`LayoutError` for
+        an unknown label, an empty phrase or a bad box."""
         return self.draft.add(label, box)
 
     def remove_object(self, i: int) -> None:
@@ -264,11 +291,12 @@ class LayoutSampler:
         self.draft.clear()
 
     def objects(self) -> list[dict[str, Any]]:
-        """The layout as layout-file objects ``[{"label", "box"}]``."""
+        """The layout as layout-file objects ``[{"label", "box"}]`` (a phrase model: ``[{"text", "box"}]``)."""
         return self.draft.to_json()
 
     def layout(self) -> torch.Tensor:
-        """The validated layout ``(N, 5)`` of rows ``(x, y, w, h, class)``; raises :class:`LayoutError`."""
+        """The validated layout ``(N, 5)`` of rows ``(x, y, w, h, class)`` (a phrase model: the class
+        indexes the layout's distinct phrases, ``draft.layout_and_names()``); raises :class:`LayoutError`."""
         return self.draft.layout()
 
     # --- sampling and saving (what the buttons run) ----------------------------------------
@@ -294,7 +322,7 @@ class LayoutSampler:
         return self._guard("save", lambda: self._save(folder)) or []
 
     def _sample(self) -> torch.Tensor:
-        layout = self.layout()
+        layout, names = self.draft.layout_and_names()
         n, name, steps = self.count.value, self.sampler.value, self.steps.value
         what = f"{n} image(s), {name}, {steps} steps" + (f", guidance {self.guidance.value:g}" if self.conditional else "")
         self._say(f"sampling {what} for {len(layout)} object(s) ...")
@@ -303,27 +331,29 @@ class LayoutSampler:
             start = time.perf_counter()
             images, layouts = sample_images(layout if self.conditional else None, n=n, ckpt=self.module, sampler=name, steps=steps,
                                             guidance=self.guidance.value if self.conditional else None, seed=self.seed.value, **text,
-                                            **self._sampling_options())
+                                            **self._phrases(names), **self._sampling_options())
             seconds = time.perf_counter() - start
-        self._show(images, layouts, seconds)
+        self._show(images, layouts, seconds, names)
         empty = " (empty layout: unconditional samples)" if self.conditional and len(layout) == 0 else ""
         self._say(f"sampled {what} in {seconds:.1f} s{empty}")
         return self.images
 
     def _edit(self) -> torch.Tensor:
         if self.images is None or self.layouts is None:
-            raise UserError("nothing to edit yet: press Sample, then move, resize, re-label, add or remove boxes and press Edit")
+            what = "re-phrase" if self.phrase_model else "re-label"
+            raise UserError(f"nothing to edit yet: press Sample, then move, resize, {what}, add or remove boxes and press Edit")
         k, n, name, steps = self.pick.value, self.count.value, self.sampler.value, self.steps.value
-        old, new = pad_layouts([self.layouts[k], self.layout()])
+        (old, new), names = common_names([(self.layouts[k], self.names), self.draft.layout_and_names()], text=self.phrase_model)
+        old, new = pad_layouts([old, new])
         self._say(f"editing sample {k}: {n} version(s), {name}, {steps} steps ...")
         with self._busy():
             start = time.perf_counter()
             g = torch.Generator(device=self.module.device).manual_seed(self.seed.value)
             images, region = edit_images(self.module, self.images[k : k + 1].expand(n, -1, -1, -1), old[None].expand(n, -1, -1),
                                          new[None].expand(n, -1, -1), sampler=name, steps=steps, guidance=self.guidance.value,
-                                         resample=self.resample.value, generator=g)
+                                         resample=self.resample.value, generator=g, **self._phrases(names))
             seconds = time.perf_counter() - start
-        self._show(images, new[None].expand(n, -1, -1), seconds)
+        self._show(images, new[None].expand(n, -1, -1), seconds, names)
         self._say(f"edited sample {k}: {n} version(s) in {seconds:.1f} s; re-generated {region[0].float().mean().item():.0%} of the canvas, "
                   "the rest kept exactly")
         return self.images
@@ -343,10 +373,11 @@ class LayoutSampler:
 
         return busy()
 
-    def _show(self, images: torch.Tensor, layouts: torch.Tensor | None, seconds: float) -> None:
-        """New current samples: the grid, the sample to edit under the boxes."""
+    def _show(self, images: torch.Tensor, layouts: torch.Tensor | None, seconds: float, names: list[str]) -> None:
+        """New current samples (``layouts``' classes index ``names``): the grid, the sample to edit under the boxes."""
         self.images, self.layouts, self.stale, self.seconds = images.cpu(), None if layouts is None else layouts.cpu(), False, seconds
-        self.grid_png = png_bytes(grid(self.images, self.layouts, self.class_names or None))
+        self.names = list(names)
+        self.grid_png = png_bytes(grid(self.images, self.layouts, self.names or None))
         self.grid_image.value = self.grid_png
         self.pick.max = len(self.images) - 1
         self.edit_button.disabled = not self.conditional
@@ -378,12 +409,13 @@ class LayoutSampler:
         return i
 
     def _write_layout(self, folder: Path, i: int) -> Path:
-        return save_layout(self.layout(), folder / f"layout_{i:03d}.json", self.class_names)
+        rows, names = self.draft.layout_and_names()
+        return save_layout(rows, folder / f"layout_{i:03d}.json", names, text=self.phrase_model)
 
     def _write_grid(self, folder: Path, i: int) -> Path:
         if self.images is None:
             raise UserError("nothing sampled yet: press Sample first")
-        return save_grid(self.images, folder / f"grid_{i:03d}.png", layouts=self.layouts, class_names=self.class_names or None)
+        return save_grid(self.images, folder / f"grid_{i:03d}.png", layouts=self.layouts, class_names=self.names or None)
 
     def _save(self, folder: str | Path | None) -> list[Path]:
         path = self._folder(folder)
@@ -397,6 +429,10 @@ class LayoutSampler:
         self._say("saved " + ", ".join(map(str, paths)) + note)
 
     # --- internals ----------------------------------------------------------------------
+    def _phrases(self, names: list[str]) -> dict[str, Any]:
+        """``phrases=names`` for a phrase model (what the classes of its layouts index), else nothing."""
+        return {"phrases": list(names)} if self.phrase_model else {}
+
     def _sampling_options(self) -> dict[str, Any]:
         """``device`` / ``dtype`` for :func:`layoutdiffuse.sampling.sample`, only those that were given."""
         return {k: v for k, v in (("device", self.device), ("dtype", self.dtype)) if v is not None}
@@ -415,7 +451,7 @@ class LayoutSampler:
                     slider.value = value
             elif isinstance(what, tuple) and what[0] == "label":
                 self.rows[what[1]].label.value = self.draft.objects[what[1]].label
-            if what in ("objects", "selection"):
+            if what in ("objects", "selection") or what == ("label", self.draft.selected):
                 i = self.draft.selected
                 self.delete_button.disabled = i is None
                 if i is not None and self.pen.value != self.draft.objects[i].label:
@@ -428,7 +464,7 @@ class LayoutSampler:
         self._redraw()
 
     def _make_row(self, label: Any, box: Sequence[float]) -> ObjectRow:
-        row = ObjectRow.create(self.class_names, label, box)
+        row = ObjectRow.create(self.class_names, label, box, text=self.phrase_model)
         row.remove.on_click(lambda _: self._guard("remove object", lambda: self.remove_object(self.rows.index(row))))
         row.label.observe(lambda change: self._from_row(row, lambda i: self.draft.set_label(i, change["new"])), names="value")
         for side, slider in zip(SIDES, row.sliders()):
@@ -453,7 +489,7 @@ class LayoutSampler:
         """Draw the canvas: the sample to edit (or a dark canvas), the boxes with their labels, the
         selected box with its corner handles, the box being drawn."""
         try:
-            layout = self.layout()
+            layout, names = self.draft.layout_and_names()
         except LayoutError as err:
             self._say(f"invalid layout: {err}", error=True)
             self._layout_error = True
@@ -484,7 +520,7 @@ class LayoutSampler:
                 c.stroke_style, c.fill_style = color, color
                 c.line_width = 3 if i == selected else 1.5
                 c.stroke_rect(x * CANVAS_PX, y * CANVAS_PX, w * CANVAS_PX, h * CANVAS_PX)
-                c.fill_text(self.class_names[int(cls)], x * CANVAS_PX + 3, y * CANVAS_PX + 13)
+                c.fill_text(names[int(cls)], x * CANVAS_PX + 3, y * CANVAS_PX + 13)
                 if i == selected:
                     for cx, cy in ((x, y), (x + w, y), (x, y + h), (x + w, y + h)):
                         c.fill_rect(cx * CANVAS_PX - 3, cy * CANVAS_PX - 3, 6, 6)

@@ -11,6 +11,10 @@ is removed and nothing of the old sample under a box drawn then, and after re-ru
 twice in the live kernel a canvas showing its sample and boxes, not a blank one. Screenshots and the timing go to ``$LAYOUTDIFFUSE_BROWSER_ARTIFACTS`` (default: the
 test's temporary folder).
 
+Then notebook 06 (a phrase model's widget: a text field instead of the class dropdown): types a phrase
+into the ``text`` field, draws a box, re-phrases it in its row's field, and checks that both phrases
+reach the layout (the saved layout file's ``"text"``) and that Sample draws for it.
+
     apt-get install -y chromium chromium-driver     # what .ci/run does when they are missing
     pytest -q -m browser tests/test_browser.py
 """
@@ -33,6 +37,7 @@ pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "04_interactive_sampling.ipynb"
+PHRASE_NOTEBOOK = ROOT / "notebooks" / "06_text_layouts.ipynb"
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 CANVAS_PX = 256
 STARTUP_S = 240  # generous: on a loaded 2-core machine importing JupyterLab alone took minutes
@@ -57,9 +62,10 @@ def browser_tools():
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory, browser_tools):
-    """A JupyterLab server on 127.0.0.1 serving a temporary folder with a copy of notebook 04."""
+    """A JupyterLab server on 127.0.0.1 serving a temporary folder with copies of notebooks 04 and 06."""
     work = tmp_path_factory.mktemp("lab")
-    shutil.copy(NOTEBOOK, work / NOTEBOOK.name)
+    for notebook in (NOTEBOOK, PHRASE_NOTEBOOK):
+        shutil.copy(notebook, work / notebook.name)
     token, port = secrets.token_hex(16), free_port()
     env = {**os.environ, "LAYOUTDIFFUSE_QUICK": "1", "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
            "JUPYTER_RUNTIME_DIR": str(work / ".runtime"), "JUPYTER_CONFIG_DIR": str(work / ".config"), "OMP_NUM_THREADS": "1"}
@@ -312,3 +318,83 @@ def test_draw_sample_save_and_edit_in_jupyterlab(lab, driver, tmp_path):
         "sample_8_images_25_steps_seconds": round(sample_seconds, 2), "edit_2_versions_25_steps_seconds": round(edit_seconds, 2),
         "kernel_messages": [sampled_message, edited_message], "whole_test_seconds": round(time.monotonic() - started, 1),
         "kernel_threads": 1, "sliders": sliders, "reruns": reruns}, indent=1) + "\n")
+
+
+def open_and_run(driver, lab, name: str):
+    """Open notebook ``name``, wait for its kernel, run all cells; returns its panel."""
+    driver.get(f"{lab['url']}/lab/tree/{name}?token={lab['token']}")
+    wait_for(lambda: driver.execute_script("return !!(window.jupyterapp && document.querySelector('.jp-Notebook'))"), STARTUP_S,
+             f"{name} to open")
+    wait_for(lambda: driver.execute_script(
+        "const w = window.jupyterapp.shell.currentWidget; return !!(w && w.context && w.context.path.endsWith(arguments[0])"
+        " && w.sessionContext.session && w.sessionContext.session.kernel && w.sessionContext.session.kernel.status === 'idle')", name),
+        STARTUP_S, f"the kernel of {name}")
+    panel = driver.execute_script("return window.jupyterapp.shell.currentWidget.node")
+    driver.execute_script("window.jupyterapp.commands.execute('notebook:run-all-cells')")
+    return panel
+
+
+def test_a_phrase_typed_into_the_text_field_reaches_the_layout(lab, driver, tmp_path):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    artifacts = Path(os.environ.get("LAYOUTDIFFUSE_BROWSER_ARTIFACTS", tmp_path))
+    artifacts.mkdir(parents=True, exist_ok=True)
+    panel = open_and_run(driver, lab, PHRASE_NOTEBOOK.name)
+
+    def field(label: str):  # a described text field of the widget
+        return panel.find_element(By.XPATH, f".//div[contains(@class, 'widget-text')][./label[normalize-space()='{label}']]//input")
+
+    def message() -> str:
+        return " ".join(e.text for e in panel.find_elements(By.CSS_SELECTOR, ".jp-OutputArea .widget-html-content"))
+
+    def row_fields():  # each box's own phrase field, in row order
+        return panel.find_elements(By.XPATH, ".//div[contains(@class, 'widget-gridbox')]//div[contains(@class, 'widget-text')]//input")
+
+    def type_into(element, text: str) -> None:  # the value is sent on leaving the field (continuous_update off)
+        element.send_keys(Keys.CONTROL, "a")
+        element.send_keys(text, Keys.TAB)
+
+    def ran() -> bool:
+        errors = panel.find_elements(By.CSS_SELECTOR, "[data-mime-type='application/vnd.jupyter.error']")
+        assert not errors, f"notebook 06 failed: {errors[0].text[-1500:]}"
+        return "saved" in message()
+
+    try:
+        wait_for(ran, STARTUP_S, "notebook 06 to run (its last cell saves)")
+    finally:
+        driver.save_screenshot(str(artifacts / "browser_phrases_opened.png"))
+    assert "Traceback" not in panel.text
+    folder = Path(field("folder").get_attribute("value"))
+    before = len(row_fields())
+    assert before == 2 and [f.get_attribute("value") for f in row_fields()] == ["a blue seven", "2 in blue"]
+    canvas = panel.find_element(By.CSS_SELECTOR, ".jp-OutputArea canvas")
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", canvas)
+
+    type_into(field("text"), "the 4 is cyan")  # the phrase of the next box drawn
+    start, end = (150, 6), (240, 70)  # an empty corner of the notebook's layout
+    at = lambda px, py: (px - canvas.size["width"] / 2, py - canvas.size["height"] / 2)  # noqa: E731
+    ActionChains(driver).move_to_element_with_offset(canvas, *at(*start)).click_and_hold() \
+        .move_to_element_with_offset(canvas, *at(195, 40)).move_to_element_with_offset(canvas, *at(*end)).release().perform()
+    wait_for(lambda: len(row_fields()) == before + 1, 10, "the drawn box to appear as a row")
+    assert row_fields()[-1].get_attribute("value") == "the 4 is cyan"
+    panel.find_element(By.XPATH, ".//div[contains(@class, 'jp-OutputArea')]//button[normalize-space()='Save']").click()
+    wait_for(lambda: (folder / "layout_001.json").exists() and "layout_001.json" in message(), 20, "Save to write layout_001.json")
+    objects = json.loads((folder / "layout_001.json").read_text())
+    expected = [start[0] / CANVAS_PX, start[1] / CANVAS_PX, (end[0] - start[0]) / CANVAS_PX, (end[1] - start[1]) / CANVAS_PX]
+    assert objects[:2] == [{"text": "a blue seven", "box": [0.05, 0.1, 0.4, 0.6]}, {"text": "2 in blue", "box": [0.55, 0.3, 0.4, 0.6]}]
+    assert objects[2]["text"] == "the 4 is cyan" and objects[2]["box"] == pytest.approx(expected, abs=1.01 / CANVAS_PX), objects
+
+    type_into(row_fields()[-1], "a magenta  four")  # re-phrase the drawn box in its own row
+    wait_for(lambda: field("text").get_attribute("value") == "a magenta  four", 10, "the text field to show the selected box's phrase")
+    grid = panel.find_element(By.CSS_SELECTOR, ".jp-OutputArea img.widget-image")
+    old_src = grid.get_attribute("src")
+    panel.find_element(By.XPATH, ".//div[contains(@class, 'jp-OutputArea')]//button[normalize-space()='Sample']").click()
+    wait_for(lambda: grid.get_attribute("src") != old_src and "sampled" in message(), 240, "the grid sampled for the phrases")
+    assert "failed" not in message(), message()
+    panel.find_element(By.XPATH, ".//div[contains(@class, 'jp-OutputArea')]//button[normalize-space()='Save']").click()
+    wait_for(lambda: (folder / "grid_002.png").exists() and "grid_002.png" in message(), 20, "Save after sampling")
+    assert [o["text"] for o in json.loads((folder / "layout_002.json").read_text())] == ["a blue seven", "2 in blue", "a magenta four"]
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", canvas)
+    driver.save_screenshot(str(artifacts / "browser_phrases.png"))

@@ -201,3 +201,132 @@ def test_cli_edit_round_trip(tmp_path, shipped, canvas, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: the image is 1x16x16 (CxHxW) but the model makes 1x32x32 images; ")
     assert "sample --save-images DIR" in err[0]
+
+
+# --- phrase models: a box's phrase is part of its row -------------------------------------------------
+
+PHRASED = [{"text": "a red seven", "box": [0.1, 0.1, 0.4, 0.6]}, {"text": "2 in green", "box": [0.55, 0.35, 0.4, 0.55]}]
+BLUE_SEVEN = [{"text": "a blue seven", "box": [0.1, 0.1, 0.4, 0.6]}, PHRASED[1]]  # "make the 7 blue"
+
+
+@pytest.fixture(scope="module")
+def phrase_module():
+    """An untrained colour phrase model, every weight random (the zero-initialised layout attention
+    too, so that a box's phrase changes what is drawn)."""
+    from layoutdiffuse.notebook_helpers import random_color_model
+
+    module = random_color_model(steps=3)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for model in {id(m): m for m in (module.model, module.sampling_model)}.values():
+            for p in model.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    return module
+
+
+@pytest.fixture(scope="module")
+def phrase_canvas(phrase_module):
+    images, _ = layoutdiffuse.sample(PHRASED, n=1, ckpt=phrase_module, seed=0)
+    return images[0]
+
+
+def test_common_names_reindexes_into_one_list():
+    from layoutdiffuse.editing import common_names
+
+    a = torch.tensor([row(0.1, 0.1, 0.2, 0.2, 0), row(0.5, 0.5, 0.2, 0.2, 1), row(0, 0, 0, 0, -1)])
+    b = torch.tensor([row(0.1, 0.1, 0.2, 0.2, 1), row(0.5, 0.5, 0.2, 0.2, 0)])
+    (a2, b2), names = common_names([(a, ["red 7", "2 in green"]), (b, ["A  Blue 7", "2 in  GREEN"])], text=True)
+    assert names == ["red 7", "2 in green", "A  Blue 7"]  # read alike -> one name, kept as first written
+    assert torch.equal(a2, a) and b2[:, 4].tolist() == [1.0, 2.0] and torch.equal(b2[:, :4], b[:, :4])
+    assert a2[2, 4] == -1  # padding stays padding
+    (_, b3), names = common_names([(a, ["x", "X"]), (b, ["X", "x"])])  # class names: exact
+    assert names == ["x", "X"] and b3[:, 4].tolist() == [0.0, 1.0]
+
+
+def test_rephrasing_a_box_is_an_edit_of_that_box_only(phrase_module, phrase_canvas):
+    from layoutdiffuse.editing import edit_layouts
+
+    old, new, names = edit_layouts(phrase_module, PHRASED, BLUE_SEVEN)
+    assert names == ["a red seven", "2 in green", "a blue seven"]
+    assert changed_rows(old[None], new[None])[0].tolist() == [True, False]
+    region = edit_region(old[None], new[None], 32, 32)[0, 0]
+    assert torch.equal(region, box_mask(old[None, :1], 32, 32)[0, 0])  # the 7's box, nothing else
+    edited = layoutdiffuse.edit(phrase_canvas, PHRASED, BLUE_SEVEN, ckpt=phrase_module, n=2, seed=1)
+    assert edited.shape == (2, 3, 32, 32)
+    keep = ~region.expand_as(phrase_canvas)
+    assert torch.equal(edited[:, keep], phrase_canvas[None, keep].expand(2, -1))
+    assert (edited[:, ~keep] - phrase_canvas[None, ~keep]).abs().mean() > 0.05
+    # re-cased or re-spaced, a phrase reads the same: no edit
+    same = [{"text": "A  Red SEVEN", "box": PHRASED[0]["box"]}, PHRASED[1]]
+    with pytest.raises(UserError, match=r"nothing to edit: .*re-phrase"):
+        layoutdiffuse.edit(phrase_canvas, PHRASED, same, ckpt=phrase_module)
+
+
+def test_the_model_gets_each_images_phrases_with_its_rows(phrase_module, phrase_canvas, monkeypatch):
+    """What the adaptor is given on every pass: per image, one phrase per real layout row, the row's
+    own (the guided pass and the null pass of classifier-free guidance)."""
+    adaptor = phrase_module.sampling_model.adaptor  # the EMA weights sample
+    seen, real = [], adaptor.phrase_table
+
+    def spy(layout, box_text):
+        seen.append((layout.clone(), [list(t) for t in box_text]))
+        return real(layout, box_text)
+
+    monkeypatch.setattr(adaptor, "phrase_table", spy)
+    # the blue 7 moved as well, and a cyan 4 (a held-out pair) added: rows and phrases in another order
+    new = [PHRASED[1], {"text": "a blue seven", "box": [0.2, 0.05, 0.4, 0.6]}, {"text": "4 in cyan", "box": [0.6, 0.0, 0.3, 0.3]}]
+    layoutdiffuse.edit(phrase_canvas, PHRASED, new, ckpt=phrase_module, n=2, guidance=3.0, seed=0)
+    assert seen
+    expected = ["2 in green", "a blue seven", "4 in cyan"]
+    for layout, texts in seen:
+        assert len(layout) == 4  # 2 versions, guided + null
+        for rows, phrases in zip(layout, texts):
+            real_rows = rows[rows[:, 4] >= 0]
+            assert phrases in (expected, [])  # the null pass: no boxes, no phrases
+            assert len(real_rows) == len(phrases)
+            if phrases:
+                boxes = [o["box"] for o in new]
+                assert torch.allclose(real_rows[:, :4], torch.tensor(boxes))
+
+
+def test_the_new_phrase_reaches_the_model(phrase_module, phrase_canvas):
+    blue = layoutdiffuse.edit(phrase_canvas, PHRASED, BLUE_SEVEN, ckpt=phrase_module, seed=4)
+    green = [{"text": "a green seven", "box": PHRASED[0]["box"]}, PHRASED[1]]
+    assert not torch.equal(blue, layoutdiffuse.edit(phrase_canvas, PHRASED, green, ckpt=phrase_module, seed=4))
+    assert torch.equal(blue, layoutdiffuse.edit(phrase_canvas, PHRASED, BLUE_SEVEN, ckpt=phrase_module, seed=4))
+
+
+def test_phrase_edits_from_tensors_and_their_errors(phrase_module, phrase_canvas, shipped, canvas):
+    from layoutdiffuse.layout_file import parse_phrase_layout
+
+    old, names = parse_phrase_layout(PHRASED)
+    new = old.clone()
+    new[0, 4] = 2
+    by_tensor = layoutdiffuse.edit(phrase_canvas, old, new, ckpt=phrase_module, phrases=[*names, "a blue seven"], seed=4)
+    assert torch.equal(by_tensor, layoutdiffuse.edit(phrase_canvas, PHRASED, BLUE_SEVEN, ckpt=phrase_module, seed=4))
+    with pytest.raises(UserError, match=r"needs phrases=\["):
+        layoutdiffuse.edit(phrase_canvas, old, new, ckpt=phrase_module)
+    with pytest.raises(UserError, match="a box's text must be a non-empty phrase"):
+        layoutdiffuse.edit(phrase_canvas, PHRASED, [{"text": " ", "box": [0.1, 0.1, 0.2, 0.2]}], ckpt=phrase_module)
+    with pytest.raises(UserError, match="give phrases="):
+        edit_images(phrase_module, phrase_canvas[None], old[None], new[None])
+    image, layout = canvas  # a class model: phrases are refused, naming its classes
+    with pytest.raises(UserError, match="object 0 gives a phrase .* reads classes \\(0, 1, 2"):
+        layoutdiffuse.edit(image, layout, PHRASED, ckpt=shipped)
+    with pytest.raises(UserError, match="phrases= is for models that read a phrase per box"):
+        layoutdiffuse.edit(image, layout, layout[:1], ckpt=shipped, phrases=["a red seven"])
+
+
+def test_cli_edit_rephrases_a_box_of_a_phrase_model(tmp_path, phrase_module, phrase_canvas):
+    from layoutdiffuse.checkpoints import export_weights
+
+    ckpt = export_weights(phrase_module, tmp_path / "color.safetensors", half=False)
+    save_image(phrase_canvas, tmp_path / "in.png")
+    (tmp_path / "old.json").write_text(json.dumps(PHRASED))
+    (tmp_path / "new.json").write_text(json.dumps(BLUE_SEVEN))
+    assert cli.main(["edit", "--ckpt", str(ckpt), "--image", str(tmp_path / "in.png"), "--layout", str(tmp_path / "old.json"),
+                     "--new-layout", str(tmp_path / "new.json"), "--out", str(tmp_path / "out.png"), "--grid", str(tmp_path / "grid.png")]) == 0
+    original, edited = load_image(tmp_path / "in.png", 3), load_image(tmp_path / "out.png", 3)
+    region = box_mask(torch.tensor([[[*PHRASED[0]["box"], 0.0]]]), 32, 32)[0].expand_as(edited)
+    assert torch.equal(edited[~region], original[~region]) and not torch.equal(edited[region], original[region])
+    assert (tmp_path / "grid.png").read_bytes().startswith(b"\x89PNG")

@@ -125,3 +125,45 @@ def test_clamp_box():
     for bad in ([0.1, 0.2, 0.3], [0.1, 0.2, 0.3, float("nan")], [0.1, 0.2, 0.3, True]):
         with pytest.raises(LayoutError):
             clamp_box(bad)
+
+
+def test_a_text_draft_holds_phrases_and_reads_as_a_phrase_layout():
+    from layoutdiffuse.layout_file import parse_phrase_layout
+
+    d = LayoutDraft([], max_objects=4, text=True)
+    seen = []
+    d.observe(seen.append)
+    assert d.add("a  red seven", [0.1, 0.1, 0.4, 0.6]) == 0  # white space normalised, as in a layout file
+    assert d.add(3, [0.5, 0.2, 0.3, 0.3]) == 1  # an integer is its text
+    d.press(0.02, 0.9)
+    d.release(0.3, 0.98, label="2 in blue")
+    assert d.selected == 2
+    d.set_label(1, "the 7 is red")
+    assert d.to_json() == [{"text": "a red seven", "box": [0.1, 0.1, 0.4, 0.6]}, {"text": "the 7 is red", "box": [0.5, 0.2, 0.3, 0.3]},
+                           {"text": "2 in blue", "box": pytest.approx([0.02, 0.9, 0.28, 0.08])}]
+    rows, names = d.layout_and_names()
+    assert names == ["a red seven", "the 7 is red", "2 in blue"] and rows[:, 4].tolist() == [0.0, 1.0, 2.0]
+    d.set_label(2, "a red seven")  # a phrase used twice: one name, two rows
+    rows, names = d.layout_and_names()
+    assert names == ["a red seven", "the 7 is red"] and rows[:, 4].tolist() == [0.0, 1.0, 0.0]
+    assert torch.equal(rows, parse_phrase_layout(d.to_json())[0]) and torch.equal(d.layout(), rows)
+    assert ("label", 1) in seen and ("label", 2) in seen
+    d.press(0.6, 0.6)  # a box drawn with no phrase given
+    d.move_to(0.9, 0.95)
+    with pytest.raises(LayoutError, match="needs its phrase: type it in the text field"):
+        d.release(0.9, 0.95)
+    assert len(d.objects) == 3 and d.preview is None  # nothing added, no box left half-drawn
+    for bad in ("  ", "", None, "x" * 201):
+        with pytest.raises(LayoutError, match="a box's text"):
+            d.add(bad, [0.1, 0.1, 0.2, 0.2])
+    d.set_label(0, " ")  # a field being retyped: checked when the layout is read
+    with pytest.raises(LayoutError, match="object 0: a box's text must be a non-empty phrase"):
+        d.layout()
+
+
+def test_a_class_draft_still_refuses_phrases_and_names_its_classes():
+    d = LayoutDraft(CLASSES)
+    d.add("7", [0.1, 0.1, 0.2, 0.2])
+    assert d.layout_and_names()[1] == CLASSES and d.to_json() == [{"label": "7", "box": [0.1, 0.1, 0.2, 0.2]}]
+    with pytest.raises(LayoutError, match="unknown label 'a red seven'; use a class name"):
+        d.add("a red seven", [0.1, 0.1, 0.2, 0.2])

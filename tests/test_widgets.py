@@ -387,3 +387,99 @@ def test_the_canvas_is_drawn_only_once_the_page_has_it(ui, monkeypatch):
     ui.canvas._handle_frontend_event(None, {"event": "client_ready"}, [])  # as the page sends it
     ui.drag((10, 200), (60, 250))
     assert len(sent) >= 2 and all(batch[0][0] == COMMANDS["switchCanvas"] for batch in sent)
+
+
+# --- a model that reads a phrase per box: a text field instead of the class dropdown -----------------
+
+@pytest.fixture(scope="module")
+def phrase_module():
+    from layoutdiffuse.notebook_helpers import random_color_model
+
+    return random_color_model(steps=2)
+
+
+@pytest.fixture()
+def phrase_ui(phrase_module, tmp_path):
+    return LayoutSampler(phrase_module, folder=tmp_path / "out", n=2)
+
+
+def test_a_phrase_model_gets_text_fields_and_the_draft_holds_phrases(phrase_ui):
+    import ipywidgets as W
+
+    ui = phrase_ui
+    assert isinstance(ui.pen, W.Text) and ui.pen.description == "text" and ui.draft.text
+    import html
+
+    hint = html.unescape(" ".join(getattr(w, "value", "") for w in ui.widget.children[0].children[0].children))
+    assert "type a box's phrase in text" in hint and "magenta" in hint  # the encoder's words
+    with pytest.raises(LayoutError, match="a new box needs its phrase"):  # no phrase typed yet: nothing drawn
+        ui.drag((20, 20), (120, 180))
+    ui.canvas._handle_frontend_event(None, {"event": "mouse_down", "x": 20, "y": 20}, [])  # the mouse: one line says why
+    ui.canvas._handle_frontend_event(None, {"event": "mouse_up", "x": 120, "y": 180}, [])
+    assert ui.rows == [] and ui.last_message.startswith("drawing failed: a new box needs its phrase: type it in the text field")
+    ui.pen.value = "a red seven"  # as typed in the browser (sent on Enter / leaving the field)
+    ui.drag((20, 20), (120, 180))
+    assert isinstance(ui.rows[0].label, W.Text) and ui.rows[0].label.value == "a red seven"
+    ui.pen.value = "2 in blue"  # the new box is selected: typing re-phrases it
+    assert ui.objects() == [{"text": "2 in blue", "box": pytest.approx([20 / 256, 20 / 256, 100 / 256, 160 / 256])}]
+    ui.press(200, 240)  # click an empty spot: deselect, then a second box with the field's phrase
+    ui.release(200, 240)
+    ui.pen.value = "the 4 is cyan"
+    ui.drag((150, 30), (240, 120))
+    ui.rows[0].label.value = "a green  seven"  # a row's own field re-phrases its box
+    assert ui.pen.value == "the 4 is cyan"  # the field shows the selected box's phrase (the second box), not the first's
+    ui.rows[1].label.value = "the 4 is  cyan"
+    assert ui.pen.value == "the 4 is  cyan"
+    ui.rows[1].label.value = "the 4 is cyan"
+    rows, names = ui.draft.layout_and_names()
+    assert names == ["a green seven", "the 4 is cyan"] and rows[:, 4].tolist() == [0.0, 1.0]
+    ui.press(30, 30)  # selecting a box shows its phrase in the field
+    ui.release(30, 30)
+    assert ui.selected == 0 and ui.pen.value == "a green  seven"
+    ui.add_button.click()  # a default box with the field's phrase
+    assert ui.objects()[-1]["text"] == "a green seven" and len(ui.rows) == 3
+
+
+def test_a_phrase_model_samples_saves_and_edits_with_its_phrases(phrase_ui, monkeypatch):
+    from layoutdiffuse.editing import edit_region
+    from layoutdiffuse.layout_file import load_phrase_layout
+    from layoutdiffuse import sampling, editing
+
+    ui = phrase_ui
+    ui.add_object("a red seven", [0.1, 0.1, 0.4, 0.6])
+    ui.add_object("2 in blue", [0.55, 0.35, 0.4, 0.55])
+    calls = []
+    real_sample, real_edit = sampling.sample, editing.edit_images
+    monkeypatch.setattr("layoutdiffuse.widgets.sample_images", lambda *a, **k: calls.append(("sample", a, k)) or real_sample(*a, **k))
+    monkeypatch.setattr("layoutdiffuse.widgets.edit_images", lambda *a, **k: calls.append(("edit", a, k)) or real_edit(*a, **k))
+    first = ui.sample()
+    assert first.shape == (2, 3, 32, 32) and "sampled 2 image(s)" in ui.last_message, ui.last_message
+    assert calls[0][2]["phrases"] == ["a red seven", "2 in blue"] and ui.names == ["a red seven", "2 in blue"]
+    paths = ui.save()
+    assert json.loads(paths[0].read_text()) == [{"text": "a red seven", "box": [0.1, 0.1, 0.4, 0.6]},
+                                                {"text": "2 in blue", "box": [0.55, 0.35, 0.4, 0.55]}]
+    rows, names = load_phrase_layout(paths[0])
+    assert names == ui.names and torch.allclose(rows, ui.layouts[0]) and paths[1].suffix == ".png"
+    ui.rows[0].label.value = "a blue seven"  # "make the 7 blue": same box, new phrase
+    edited = ui.edit()
+    assert edited is not None and "edited sample 0: 2 version(s)" in ui.last_message, ui.last_message
+    kind, args, kwargs = calls[-1]
+    assert kind == "edit" and kwargs["phrases"] == ["a red seven", "2 in blue", "a blue seven"]
+    old, new = args[2][0], args[3][0]
+    assert old[:, 4].tolist() == [0.0, 1.0] and new[:, 4].tolist() == [2.0, 1.0]
+    region = edit_region(old[None], new[None], 32, 32)[0, 0]
+    assert torch.equal(region, edit_region(old[None, :1], old[None, :0], 32, 32)[0, 0])  # the 7's box only
+    assert torch.equal(edited[:, :, ~region], first[:1].expand(2, -1, -1, -1)[:, :, ~region])
+    assert ui.names == ["a red seven", "2 in blue", "a blue seven"] and ui.layouts[0, :, 4].tolist() == [2.0, 1.0]
+    ui.edit()  # chained: the current samples are the edits, and nothing changed since
+    assert "nothing to edit" in ui.last_message and "re-phrase" in ui.last_message
+
+
+def test_an_empty_phrase_in_a_field_is_a_message_until_it_is_typed(phrase_ui):
+    ui = phrase_ui
+    ui.add_object("a red seven", [0.1, 0.1, 0.4, 0.6])
+    ui.rows[0].label.value = "  "
+    assert "invalid layout: object 0: a box's text must be a non-empty phrase" in ui.last_message and "#b00020" in ui.message.value
+    assert ui.sample() is None and "sampling failed" in ui.last_message
+    ui.rows[0].label.value = "red 7"
+    assert ui.last_message == "" and ui.objects()[0]["text"] == "red 7"
