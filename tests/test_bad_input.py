@@ -805,7 +805,7 @@ def test_resume_with_another_architecture_is_one_line(tmp_path, mnist_root):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"ckpt": 5}, "ckpt must be a checkpoint path or a loaded module, got int"), ({"n": "3"}, "n must be an integer"),
+    ({"ckpt": 5}, "ckpt must be a checkpoint path, a shipped model's name (layout-mnist, layout-mnist-color) or a loaded module, got int"), ({"n": "3"}, "n must be an integer"),
     ({"seed": -1}, "seed must be an integer in [0, 2**63)"), ({"guidance": float("nan")}, "guidance must be a finite number"),
     ({"image": [[0.0]]}, "image must be a tensor"), ({"layout": 5}, "a layout is a JSON list"),
     ({"progress": "yes"}, "progress must be true or false"), ({"steps": 2.5}, "steps must be an integer"),
