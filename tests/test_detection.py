@@ -88,7 +88,7 @@ def val(mnist_root):
 def test_shipped_detector_finds_real_digits(val, one_thread):
     _, batch = val
     score = detection_score(batch["image"], batch["layout"])
-    assert score["ap50"] >= 0.95 and score["ap"] >= 0.7
+    assert score["ap50"] >= 0.98 and score["ap"] >= 0.75  # 99.7 % and 79.1 % (the first locator: 96.7 %, 72.8 %)
     blank = detection_score(torch.full((4, 1, 32, 32), -1.0), batch["layout"][:4])
     assert blank["ap50"] == 0.0 and blank["exact50"] == 0.0
 
