@@ -3,9 +3,12 @@
     python -m layoutdiffuse.evaluation.train_detector --root $LAYOUTDIFFUSE_DATA \\
         --out layoutdiffuse/evaluation/weights/layout_mnist32_detector.safetensors
 
-Training canvases (MNIST-train digits only): half from the dataset's own distribution (1-3 digits,
-longer side 35-60 % of the canvas) and half from a wide one (0-4 digits, 25-95 % log-uniform, so a
-digit filling the canvas and an 8 px digit are both seen); both allow the dataset's 30 % overlap.
+Training canvases (MNIST-train digits only), a third each: the dataset's own distribution (1-3
+digits, longer side 35-60 % of the canvas), a wide one (0-4 digits, 25-95 % log-uniform, so a digit
+filling the canvas and an 8 px digit are both seen; both allow the dataset's 30 % overlap), and
+*touching rows* (:func:`touching_rows`: 1-4 digits squeezed side by side, 0-1 px apart or 1 px
+overlapping, half of the rows one class repeated), so that two narrow digits that touch are two
+centres -- a model that draws "88" into an 8's box draws such a row.
 Each canvas is lightly perturbed (grey background offset, Gaussian noise, contrast), as generated
 canvases are. Loss: CenterNet's (Zhou et al. 2019) penalty-reduced focal loss on a Gaussian heat
 map around each box centre (sigma = box side / 8) plus L1 on the centre offset and log box size at
@@ -24,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -33,6 +37,8 @@ from .detection import WEIGHTS, DigitDetector, DigitLocator, layout_targets, mea
 log = logging.getLogger(__name__)
 #: the two training distributions (LayoutMNIST keyword arguments)
 DISTRIBUTIONS = ({}, {"min_digits": 0, "max_digits": 4, "digit_scale": (0.25, 0.95), "scale_spacing": "log"})
+#: range of the factor on a digit's own ink aspect (w / h) in :func:`touching_rows` (1: unsqueezed)
+SQUEEZE = (0.35, 1.2)
 
 
 def canvases(split: str, n: int, root: str | None = None, seed: int = 0, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -42,6 +48,41 @@ def canvases(split: str, n: int, root: str | None = None, seed: int = 0, **kwarg
     ds = LayoutMNIST(root=root, split=split, canvas_size=32, length=n, seed=seed, **kwargs)
     batch = ds.collate([ds[i] for i in range(n)])
     return batch["image"], batch["layout"]
+
+
+def touching_rows(split: str, n: int, root: str | None = None, seed: int = 0, size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` canvases ``(n, 1, S, S)`` in [-1, 1] each holding one row of 1-4 real digits side by side and their
+    layouts ``(n, 4, 5)`` (-1 rows pad): row height 8-30 px, each digit's width its own ink aspect times a
+    squeeze in :data:`SQUEEZE` (log-uniform; all shrunk together when the row would leave the canvas),
+    neighbours 1 px apart, touching or overlapping by 1 px; in half of the rows every digit has one class."""
+    from ..data.layout_mnist import MIN_DIGIT_PX, LayoutMNIST
+
+    ds = LayoutMNIST(root=root, split=split, canvas_size=size, length=1, seed=seed)
+    by_class = [torch.nonzero(ds.labels == c).flatten() for c in range(10)]
+    g = torch.Generator().manual_seed(seed)
+    images, layouts = torch.zeros(n, 1, size, size), torch.full((n, 4, 5), -1.0)
+    for i in range(n):
+        k = int(torch.randint(1, 5, (), generator=g))
+        h = int(torch.randint(MIN_DIGIT_PX, 31, (), generator=g))
+        same = bool(torch.rand((), generator=g) < 0.5)
+        classes = torch.full((k,), int(torch.randint(0, 10, (), generator=g))) if same else torch.randint(0, 10, (k,), generator=g)
+        digits = [int(by_class[c][torch.randint(len(by_class[c]), (), generator=g)]) for c in classes.tolist()]
+        ink = ds.ink[digits].float()
+        aspect = (ink[:, 2] - ink[:, 0]) / (ink[:, 3] - ink[:, 1])
+        widths = h * aspect * torch.exp(math.log(SQUEEZE[0]) + math.log(SQUEEZE[1] / SQUEEZE[0]) * torch.rand(k, generator=g))
+        gaps = torch.randint(-1, 2, (k,), generator=g)
+        gaps[0] = 0
+        room = size - int(gaps.sum())
+        widths = (widths * min(1.0, room / float(widths.sum()))).round().clamp_min(2).long()
+        xs = torch.cumsum(torch.cat([torch.zeros(1, dtype=torch.long), widths[:-1]]) + gaps, 0)
+        x0 = int(torch.randint(0, max(size - int(xs[-1] + widths[-1]), 0) + 1, (), generator=g))
+        y0 = int(torch.randint(0, size - h + 1, (), generator=g))
+        boxes = torch.stack([(xs + x0).clamp(max=size - 2), torch.full((k,), y0), widths, torch.full((k,), h)], 1)
+        boxes[:, 2] = torch.minimum(boxes[:, 2], size - boxes[:, 0])
+        canvas, _ = ds.render(np.array(digits), boxes.numpy())
+        images[i, 0] = canvas * 2 - 1
+        layouts[i, :k] = torch.cat([boxes.float() / size, classes[:, None].float()], 1)
+    return images, layouts
 
 
 def targets(layout: torch.Tensor, size: int = 32) -> torch.Tensor:
@@ -90,7 +131,8 @@ def train_locator(root: str | None = None, n_train: int = 40000, steps: int = 30
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
-    parts = [canvases("train", n_train // 2, root, seed + k, **kw) for k, kw in enumerate(DISTRIBUTIONS)]
+    parts = [canvases("train", n_train // 3, root, seed + k, **kw) for k, kw in enumerate(DISTRIBUTIONS)]
+    parts.append(touching_rows("train", n_train // 3, root, seed + len(DISTRIBUTIONS)))
     width_n = max(p[1].shape[1] for p in parts)
     images = torch.cat([p[0] for p in parts])
     layouts = torch.cat([F.pad(p[1], (0, 0, 0, width_n - p[1].shape[1]), value=-1.0) for p in parts])
@@ -116,7 +158,7 @@ def train_locator(root: str | None = None, n_train: int = 40000, steps: int = 30
     preds = DigitDetector(locator=model)(val_x)
     ap = mean_average_precision(preds, layout_targets(val_layout, (32, 32)))
     info = {"width": width, "val_ap": round(ap["ap"], 4), "val_ap50": round(ap["ap50"], 4), "val_ap75": round(ap["ap75"], 4),
-            "val_canvases": n_val, "train_canvases": len(images), "distributions": [dict(d) for d in DISTRIBUTIONS],
+            "val_canvases": n_val, "train_canvases": len(images), "distributions": [dict(d) for d in DISTRIBUTIONS] + ["touching_rows"],
             "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "data_seconds": round(data_seconds, 1),
             "train_seconds": round(seconds - data_seconds, 1), "threads": torch.get_num_threads(), "torch": torch.__version__}
     return model, info
