@@ -223,3 +223,40 @@ def test_bad_input(judge):
         ink_colours(torch.zeros(1, 1, 32, 32), layout)
     with pytest.raises(UserError, match=r"\(B, 3, H, W\)"):
         grey_canvas(torch.zeros(1, 2, 32, 32))
+
+
+def test_benchmark_layouts_and_smoke_run(mnist_root, tmp_path, one_thread):
+    """benchmarks/eval_color_mnist.py: each box's phrase and pair class survive the layout rewrites, and a
+    smoke run (random weights, 1 step) writes every section of its JSON and its picture."""
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from eval_color_mnist import color_layouts, main, pair_layout, phrase_layout
+
+    from layoutdiffuse.data.color_phrases import SEEN_PAIRS, normalise_phrase, pair_name, phrase
+
+    config = {"data": {"max_digits": 5, "digit_scale": [0.3, 0.9], "scale_spacing": "log"}}
+    batch = color_layouts(config, "seen", 6, 0, str(mnist_root))
+    layout, names = phrase_layout(batch)
+    valid = layout[..., 4] >= 0
+    texts = [names[int(c)] for c in layout[valid][:, 4].tolist()]
+    assert texts == [t for ts in batch["box_text"] for t in ts] and len(texts) == len(batch["box_forms"]) == len(batch["box_words"])
+    digits, colours = batch["layout"][valid][:, 4].long().tolist(), batch["colours"][valid].tolist()
+    assert [normalise_phrase(t) for t in texts] == [phrase(d, c, form, word) for d, c, form, word in
+                                                    zip(digits, colours, batch["box_forms"], batch["box_words"])]
+    classes = [pair_name(d, c) for d, c in SEEN_PAIRS]
+    pairs = pair_layout(batch, classes)
+    assert [classes[int(k)] for k in pairs[valid][:, 4].tolist()] == [pair_name(d, c) for d, c in zip(digits, colours)]
+    with pytest.raises(UserError, match="no class for"):
+        pair_layout(batch, [str(d) for d in range(10)])
+
+    out, picture = tmp_path / "r.json", tmp_path / "p.png"
+    main(["--random-init", "--n", "3", "--steps", "1", "--resamples", "20", "--speed-samples", "2", "--speed-rounds", "1",
+          "--root", str(mnist_root), "--out", str(out), "--picture", str(picture), "--columns", "2"])
+    r = json.loads(out.read_text())
+    assert set(r["text_model"]["held_out"]["forms"]) == {"a-colour-digit", "colour-digit", "digit-in-colour", "the-digit-is-colour"}
+    assert r["text_model"]["seen"]["all"]["both"]["boxes"] == r["pair_class_baseline"]["seen"]["all"]["both"]["boxes"] > 0
+    assert r["pair_class_baseline"]["held_out"].startswith("cannot be expressed")
+    assert r["speed"]["samples_per_second"]["text"] > 0 and picture.stat().st_size > 1000
