@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         baseline_ckpt = args.baseline_ckpt
         baseline = load_model(baseline_ckpt) if baseline_ckpt else None
     if not text.is_phrase_model:
-        raise UserError(f"{ckpt} reads classes, not a phrase per box; give a colour text model (configs/layout_mnist_color.json)")
+        raise UserError(f"{ckpt} does not read a phrase per box; give a colour text model (configs/layout_mnist_color.json)")
     if baseline is not None and (baseline.is_phrase_model or not baseline.is_layout_model):
         raise UserError(f"--baseline-ckpt {baseline_ckpt} is not a class layout model; give the pair-class model")
     opts = {k: v for k, v in dict(sampler=args.sampler, steps=args.steps, guidance=args.guidance).items() if v is not None}
