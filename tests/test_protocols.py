@@ -26,6 +26,7 @@ class BoxPainter:
         self.sampling_args = {"sampler": "painter", "steps": 1, "guidance": 1.0}
         self.device = torch.device("cpu")
         self.model = SimpleNamespace(adaptor=object(), num_classes=None)
+        self.is_phrase_model = False  # the inference interface's answer for a class-layout model
         self.calls = 0
 
     def sample(self, n, cond=None, generator=None, progress=False, **opts):
