@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                            **speed(text, klass, layout, names, class_layout, args.speed_rounds, opts)}
     result["machine"] = {"device": str(text.device), "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
                          "platform": platform.platform(), "torch": torch.__version__,
-                         "state": "shared with other engineers' jobs and a training run (see the load averages)"}
+                         "state": "shared with other jobs (see the load averages)"}
     result = rounded(result)
     if args.picture:
         picture(Path(args.picture), shown, min(args.columns, args.n))

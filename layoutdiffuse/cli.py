@@ -18,6 +18,7 @@ from typing import Callable
 
 from . import __version__
 from .errors import MissingFileError, UserError
+from .shipped import checkpoint_path
 
 log = logging.getLogger("layoutdiffuse")
 
@@ -67,7 +68,7 @@ def check_sampling_args(args: argparse.Namespace) -> None:
 
     check_sampling_options(seed=args.seed, steps=args.steps)
     if args.ckpt is not None:
-        require_file(args.ckpt, "checkpoint")
+        require_file(checkpoint_path(args.ckpt), "checkpoint")
 
 
 def check_sampling_options(args: argparse.Namespace) -> None:
@@ -342,7 +343,7 @@ def add_evaluate_protocol_args(p: argparse.ArgumentParser) -> None:
 
 def check_evaluate_protocol(args: argparse.Namespace) -> None:
     if args.ckpt is not None:
-        require_file(args.ckpt, "checkpoint")
+        require_file(checkpoint_path(args.ckpt), "checkpoint")
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit must be >= 1, got {args.limit}")
 

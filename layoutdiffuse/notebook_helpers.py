@@ -168,11 +168,21 @@ def random_color_model(base_channel: int = 8, embed_dim: int = 16, steps: int = 
     return build_module(config, adapt(UNet(**config["denoising_model"]), layout))
 
 
-def results_rows(result: Any, prefix: str = "") -> list[tuple[str, Any]]:
-    """A results JSON (nested dicts and lists) -> ``(key path, value)`` rows, one per number or
-    string, e.g. ``("held_out.both_ok", 0.91)``: a table of any benchmark's output."""
-    if isinstance(result, dict):
-        return [row for key, value in result.items() for row in results_rows(value, f"{prefix}.{key}" if prefix else str(key))]
-    if isinstance(result, list) and any(isinstance(v, (dict, list)) for v in result):
-        return [row for i, value in enumerate(result) for row in results_rows(value, f"{prefix}[{i}]")]
-    return [(prefix, result)]
+def colour_results_table(result: dict[str, Any]) -> str:
+    """``benchmarks/eval_color_mnist.py``'s JSON -> a markdown table: per split (seen pairs, held-out
+    pairs, the pair-class baseline on seen pairs) the share of the real ceiling for digit, colour and
+    both, each with its bootstrap 95 % interval, and both-correct per phrase form."""
+    def cell(score: dict[str, Any]) -> str:
+        low, high = score["ci95"]
+        return f"{100 * score['ratio']:.1f} % [{100 * low:.0f}, {100 * high:.0f}]"
+
+    rows = [("seen pairs", result["text_model"]["seen"]), ("held-out pairs", result["text_model"]["held_out"])]
+    if "seen" in result.get("pair_class_baseline", {}):
+        rows.append(("pair-class baseline, seen pairs", result["pair_class_baseline"]["seen"]))
+    lines = ["| layouts | digit | colour | both |", "| --- | --- | --- | --- |"]
+    lines += [f"| {name} | " + " | ".join(cell(split["all"][k]) for k in ("digit", "colour", "both")) + " |" for name, split in rows]
+    forms = list(result["text_model"]["seen"]["forms"])
+    lines += ["", "| both correct, by phrase form | " + " | ".join(f"`{f}`" for f in forms) + " |",
+              "| --- |" + " --- |" * len(forms)]
+    lines += [f"| {name} | " + " | ".join(cell(split["forms"][f]["both"]) for f in forms) + " |" for name, split in rows[:2]]
+    return "\n".join(lines)

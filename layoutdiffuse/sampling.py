@@ -24,19 +24,7 @@ from .layout_file import load_layout, parse_layout
 from .errors import UserError, MissingFileError
 from .training.inference import SamplingInterface
 
-SHIPPED_MODEL = Path(__file__).parent / "weights" / "layout_mnist.safetensors"
-#: the shipped models by name (``ckpt="layout-mnist-color"``, ``--ckpt layout-mnist-color``); the first is the default
-SHIPPED_MODELS = {"layout-mnist": SHIPPED_MODEL, "layout-mnist-color": SHIPPED_MODEL.with_name("layout_mnist_color.safetensors")}
-
-
-def checkpoint_path(ckpt: str | Path | None) -> Path:
-    """A checkpoint path, a shipped model's name (:data:`SHIPPED_MODELS`) or ``None`` (the default
-    shipped model) -> its path."""
-    if ckpt is None:
-        return SHIPPED_MODEL
-    if isinstance(ckpt, str) and ckpt in SHIPPED_MODELS:
-        return SHIPPED_MODELS[ckpt]
-    return Path(ckpt)
+from .shipped import SHIPPED_MODEL, SHIPPED_MODELS, checkpoint_path  # noqa: F401 (the shipped models, by name)
 
 
 def load_model(ckpt: str | Path | None = None, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto") -> SamplingInterface:

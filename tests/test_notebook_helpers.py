@@ -2,14 +2,19 @@
 from __future__ import annotations
 
 from layoutdiffuse.data.color_phrases import VOCABULARY
-from layoutdiffuse.notebook_helpers import random_color_model, results_rows
+from layoutdiffuse.notebook_helpers import colour_results_table, random_color_model
 
 
-def test_results_rows_flatten_nested_results():
-    result = {"model": "layout-mnist-color", "seen": {"both_ok": 0.97, "forms": {"red 7": 0.9}}, "held_out": [{"pair": [7, 5], "ok": 0.8}],
-              "steps": [25, 50]}
-    assert results_rows(result) == [("model", "layout-mnist-color"), ("seen.both_ok", 0.97), ("seen.forms.red 7", 0.9),
-                                    ("held_out[0].pair", [7, 5]), ("held_out[0].ok", 0.8), ("steps", [25, 50])]
+def test_the_colour_results_table_reads_the_benchmarks_json():
+    score = lambda r: {"ratio": r, "ci95": [r - 0.1, r + 0.1]}  # noqa: E731
+    split = lambda r: {"all": {k: score(r) for k in ("digit", "colour", "both")},  # noqa: E731
+                       "forms": {"a-colour-digit": {"both": score(r / 2)}, "colour-digit": {"both": score(r / 4)}}}
+    table = colour_results_table({"text_model": {"seen": split(0.9), "held_out": split(0.8)},
+                                  "pair_class_baseline": {"seen": split(0.7), "held_out": "cannot be expressed"}})
+    lines = table.splitlines()
+    assert lines[2] == "| seen pairs | 90.0 % [80, 100] | 90.0 % [80, 100] | 90.0 % [80, 100] |"
+    assert lines[4].startswith("| pair-class baseline, seen pairs | 70.0 %")
+    assert lines[-1] == "| held-out pairs | 40.0 % [30, 50] | 20.0 % [10, 30] |"
 
 
 def test_the_colour_stand_in_reads_phrases_with_the_grammars_words():

@@ -99,9 +99,9 @@ def image_name(k: int) -> str:
 def run_header(protocol: Protocol, data: ProtocolData, ckpt: str | None, limit: int | None, sampling: dict[str, Any]) -> dict[str, Any]:
     """What fixes a run's images (written to ``run.json``)."""
     from .. import __version__
-    from ..sampling import SHIPPED_MODEL
+    from ..shipped import checkpoint_path
 
-    path = Path(ckpt) if ckpt is not None else SHIPPED_MODEL
+    path = checkpoint_path(ckpt)
     layouts = len(data.layouts) if limit is None else min(limit, len(data.layouts))
     return {"protocol": protocol.name, "protocol_sha256": protocol.sha256(), "layouts_sha256": data.layouts_sha256,
             "source_files_sha256": data.files, "checkpoint": str(ckpt) if ckpt is not None else f"shipped ({path.name})",
