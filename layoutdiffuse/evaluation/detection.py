@@ -145,10 +145,12 @@ class DigitDetector:
 
     def describe(self) -> dict[str, Any]:
         """The detector's name and settings, for reports and protocol specs."""
+        import hashlib
+
         info = getattr(self.locator, "info", {}) or {}
-        return {"name": "layout-mnist-centres", "locator": WEIGHTS.name, "reader": "layout_mnist32_crops.safetensors",
-                "crop": CROP, "min_peak": self.min_peak, "labels_per_box": self.labels_per_box,
-                "locator_val_ap50": info.get("val_ap50")}
+        return {"name": "layout-mnist-centres", "locator": WEIGHTS.name, "locator_sha256": hashlib.sha256(WEIGHTS.read_bytes()).hexdigest(),
+                "reader": "layout_mnist32_crops.safetensors", "crop": CROP, "min_peak": self.min_peak,
+                "labels_per_box": self.labels_per_box, "locator_val_ap50": info.get("val_ap50")}
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor) -> list[dict[str, torch.Tensor]]:

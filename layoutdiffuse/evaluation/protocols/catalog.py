@@ -68,7 +68,7 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
         fid={"implementation": "digit-fid", "mode": "DigitClassifier trunk, global average pool (128-d)",
              "features": "layoutdiffuse/evaluation/weights/digit_classifier.safetensors",
              "reference": "real validation canvases 500..999 (disjoint from the layouts' own canvases)"},
-        detector="layout-mnist-centres (DigitLocator + crop judge)", bootstrap=BOOTSTRAP,
+        detector="layout-mnist-centres v2 (DigitLocator trained with touching rows + crop judge, two classes per box)", bootstrap=BOOTSTRAP,
         notes="diversity is digit-LPIPS between the 2 samples of each layout (the LPIPS formula on the digit classifier's trunk; "
               "AlexNet LPIPS weights are not available here)"),
 )}
