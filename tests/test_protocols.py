@@ -27,6 +27,7 @@ class BoxPainter:
         self.device = torch.device("cpu")
         self.model = SimpleNamespace(adaptor=object(), num_classes=None)
         self.is_phrase_model = False  # the inference interface's answer for a class-layout model
+        self.label_names = [str(i) for i in range(10)]
         self.calls = 0
 
     def sample(self, n, cond=None, generator=None, progress=False, **opts):

@@ -40,7 +40,7 @@ from ..data.paths import data_root
 from ..errors import UserError
 from ..files import atomic_path, save_text
 from .protocols.catalog import get_protocol
-from .protocols.layouts import ProtocolData, load_protocol_data, real_images
+from .protocols.layouts import GENERATED, ProtocolData, load_protocol_data, real_images
 from .protocols.spec import Protocol, file_sha256
 from .protocols import scoring
 
@@ -148,8 +148,9 @@ def claim_dir(out: Path, header: dict[str, Any]) -> None:
 
 
 def sample_run(module: Any, layouts: torch.Tensor, header: dict[str, Any], out: Path, shard: tuple[int, int] | None = None,
-               batch_size: int | None = None) -> int:
-    """Draw the missing images of the run's chunks (those of ``shard``); returns how many chunks were drawn."""
+               phrases: list[str] | None = None) -> int:
+    """Draw the missing images of the run's chunks (those of ``shard``); returns how many chunks were drawn.
+    ``phrases``: for phrase layouts, the phrase of each class id of ``layouts`` (:meth:`ProtocolData.sampling_layouts`)."""
     from tqdm.auto import tqdm
 
     from ..sampling import sample_batched
@@ -165,7 +166,8 @@ def sample_run(module: Any, layouts: torch.Tensor, header: dict[str, Any], out: 
         paths = [out / "images" / image_name(k) for k in range(start, end)]
         if all(p.exists() for p in paths):
             continue
-        images = sample_batched(module, end - start, per_image[start:end], seed=header["seed"] + start, batch_size=chunk, **opts)
+        images = sample_batched(module, end - start, per_image[start:end], seed=header["seed"] + start, batch_size=chunk,
+                                phrases=phrases, **opts)
         for image, path in zip(images, paths):
             if not path.exists():
                 save_png(image, path)
@@ -181,31 +183,41 @@ class Scorers:
     """What scores a run. ``extractor``: images ``(B, C, H, W)`` in [-1, 1] -> features ``(B, D)`` (FID),
     named ``extractor_name`` in the cache; ``detector``: see :data:`..detection.Detector`;
     ``classifier``: crops ``(K, 1|3, 28, 28)`` -> logits (layout accuracy); ``pairwise``: the samples
-    ``(S, C, H, W)`` of one layout -> distances ``(S, S)`` (diversity). ``None``: that measure is not run."""
+    ``(S, C, H, W)`` of one layout -> distances ``(S, S)`` (diversity). ``None``: that measure is not run.
+    ``view``: what those four see of an image (colour Layout-MNIST: the grey canvas, the maximum over
+    channels; ``None``: the image itself). ``judge``: a :class:`..color_judge.ColorJudge` for phrase
+    layouts with colours (``colour_accuracy``, ``both_accuracy``), given the images themselves."""
 
     extractor: Callable[[torch.Tensor], torch.Tensor] | None = None
     extractor_name: str = ""
     detector: Callable[[torch.Tensor], list[dict[str, torch.Tensor]]] | None = None
     classifier: torch.nn.Module | None = None
     pairwise: Callable[[torch.Tensor], torch.Tensor] | None = None
+    view: Callable[[torch.Tensor], torch.Tensor] | None = None
+    judge: Callable[..., Any] | None = None
     skipped: dict[str, str] = field(default_factory=dict)
 
 
 def default_scorers(protocol: Protocol) -> Scorers:
-    """The shipped scorers of ``layout-mnist`` (digit-FID trunk, digit detector, crop judge, digit-LPIPS); for
-    other protocols none (inject them): their FID needs Inception weights and their detection score a COCO / VG
+    """The shipped scorers of the Layout-MNIST protocols (digit-FID trunk, digit detector, crop judge,
+    digit-LPIPS; colour Layout-MNIST: the same on the grey canvas, and the colour judge); for other
+    protocols none (inject them): their FID needs Inception weights and their detection score a COCO / VG
     detector, fetched on a user's machine."""
-    if protocol.dataset != "layout_mnist":
+    if protocol.dataset not in GENERATED:
         why = "not available here: inject it (Scorers) on a machine that has the weights"
         return Scorers(skipped={m: why for m in protocol.metrics})
     from .classifier import load_digit_classifier
+    from .color_judge import ColorJudge, grey_canvas
     from .crop_classifier import load_crop_classifier
     from .detection import DigitDetector
     from .diversity import pairwise_lpips
 
-    digits = load_digit_classifier()
-    return Scorers(extractor=digits.features, extractor_name="digit_classifier", detector=DigitDetector(), classifier=load_crop_classifier(),
-                   pairwise=lambda x: pairwise_lpips(x, digits))
+    digits, crops = load_digit_classifier(), load_crop_classifier()
+    detector = DigitDetector(classifier=crops)
+    colour = protocol.dataset == "layout_mnist_color"
+    return Scorers(extractor=digits.features, extractor_name="digit_classifier", detector=detector, classifier=crops,
+                   pairwise=lambda x: pairwise_lpips(x, digits), view=grey_canvas if colour else None,
+                   judge=ColorJudge(classifier=crops, detector=detector) if colour else None)
 
 
 def real_statistics(protocol: Protocol, data: ProtocolData, scorers: Scorers, cache: Path | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -250,24 +262,28 @@ def score_run(protocol: Protocol, data: ProtocolData, images: torch.Tensor, head
     layouts = data.layouts[: header["layouts"]]
     per_image = layouts.repeat_interleave(s, 0)
     result: dict[str, Any] = {"skipped": dict(scorers.skipped)}
+    if scorers.judge is not None and data.colours is not None:
+        result.update(colour_scores(images, protocol, data, header, scorers.judge, s, boot))
+    view = scorers.view or (lambda x: x)
+    images = view(images)
     real = None
     if "fid" in protocol.metrics and scorers.extractor is not None:
         stats = real_statistics(protocol, data, scorers, cache)
         result["fid"] = scoring.fid_score(scoring.features_of(scorers.extractor, images), stats, s, boot)
-        if protocol.dataset == "layout_mnist" and header["layouts"] >= 2:  # the floor: real images disjoint from the reference
-            real = quantized(real_images(protocol, data, "layouts", header["layouts"]))
+        if protocol.dataset in GENERATED and header["layouts"] >= 2:  # the floor: real images disjoint from the reference
+            real = view(quantized(real_images(protocol, data, "layouts", header["layouts"])))
             floor = scoring.fid_score(scoring.features_of(scorers.extractor, real), stats, 1, {**boot, "resamples": 1})
             result["fid"]["real_layout_images_vs_reference"] = floor["value"]
     if "detection" in protocol.metrics and scorers.detector is not None:
         targets = layout_targets(per_image, tuple(images.shape[-2:]))
         result["detection"] = scoring.detection_scores(scorers.detector(images), targets, s, boot)
-        real = real if real is not None else quantized(real_images(protocol, data, "layouts", header["layouts"]))
+        real = real if real is not None else view(quantized(real_images(protocol, data, "layouts", header["layouts"])))
         ceiling = scoring.detection_scores(scorers.detector(real), layout_targets(layouts, tuple(real.shape[-2:])), 1, {**boot, "resamples": 1})
         for key in ("ap", "ap50", "ap75"):
             result["detection"][key]["real_ceiling"] = ceiling[key]["value"]
     if "layout_accuracy" in protocol.metrics and scorers.classifier is not None:
         result["layout_accuracy"] = scoring.ratio_score(*layout_hits(images, per_image, scorers.classifier), s, boot)
-        real = real if real is not None else quantized(real_images(protocol, data, "layouts", header["layouts"]))
+        real = real if real is not None else view(quantized(real_images(protocol, data, "layouts", header["layouts"])))
         result["layout_accuracy"]["real_ceiling"] = scoring.ratio_score(*layout_hits(real, layouts, scorers.classifier), 1, {**boot, "resamples": 1})["value"]
     if "diversity" in protocol.metrics and scorers.pairwise is not None:
         if s < 2:
@@ -277,6 +293,25 @@ def score_run(protocol: Protocol, data: ProtocolData, images: torch.Tensor, head
             per_layout = torch.stack([scorers.pairwise(images[k * s : (k + 1) * s])[i, j].mean() for k in range(len(layouts))])
             result["diversity"] = scoring.mean_score(per_layout, boot)
     return result
+
+
+def colour_scores(images: torch.Tensor, protocol: Protocol, data: ProtocolData, header: dict[str, Any], judge: Callable[..., Any],
+                  samples: int, boot: dict[str, Any]) -> dict[str, Any]:
+    """``colour_accuracy`` and ``both_accuracy`` (digit and colour right, one digit in the box) of every box, by
+    the colour ``judge``, each with its interval and the same verdict on the layouts' real images."""
+    count = header["layouts"]
+    layouts, colours = data.layouts[:count], data.colours[:count]
+    fake = judge(images, layouts.repeat_interleave(samples, 0), colours.repeat_interleave(samples, 0))
+    real = judge(quantized(real_images(protocol, data, "layouts", count)), layouts, colours)
+    out = {}
+    for what in ("colour", "both"):
+        per_image = [torch.bincount(j.image_index, weights=getattr(j, f"{what}_ok").double(), minlength=n)
+                     for j, n in ((fake, len(images)), (real, count))]
+        totals = [torch.bincount(j.image_index, minlength=n).double() for j, n in ((fake, len(images)), (real, count))]
+        score = scoring.ratio_score(per_image[0], totals[0], samples, boot)
+        score["real_ceiling"] = scoring.ratio_score(per_image[1], totals[1], 1, {**boot, "resamples": 1})["value"]
+        out[f"{what}_accuracy"] = score
+    return out
 
 
 # --------------------------------------------------------------------------- report
@@ -308,6 +343,9 @@ def markdown(report: dict[str, Any]) -> str:
             row(name, r["detection"][key])
     if "layout_accuracy" in r:
         row("layout accuracy", r["layout_accuracy"])
+    if "colour_accuracy" in r:
+        row("colour accuracy (ink colour as asked)", r["colour_accuracy"])
+        row("digit and colour right, one digit per box", r["both_accuracy"])
     if "diversity" in r:
         row("diversity", r["diversity"])
     for name, why in r["skipped"].items():
@@ -319,6 +357,20 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 # --------------------------------------------------------------------------- the command
+
+
+def check_model_reads(protocol: Protocol, data: ProtocolData, module: Any) -> None:
+    """Refuse, in one line, a model that cannot read the protocol's layouts or makes other images than its real ones."""
+    if data.phrases is not None and not module.is_phrase_model:
+        raise UserError(f"protocol {protocol.name} gives a phrase per box; this model reads the classes "
+                        f"{', '.join(module.label_names[:12])}: use a text model (e.g. --ckpt layout-mnist-color)")
+    if data.phrases is None and module.is_phrase_model:
+        raise UserError(f"protocol {protocol.name} gives a class per box; this model reads a phrase per box: use a protocol with "
+                        "phrases (e.g. layout-mnist-color)")
+    channels = data.dataset[0]["image"].shape[0] if len(data.layouts) and protocol.dataset in GENERATED else None
+    if channels is not None and module.image_shape[0] != channels:
+        raise UserError(f"protocol {protocol.name} has {channels}-channel images, the checkpoint makes {module.image_shape[0]}-channel images")
+
 
 
 def evaluate_protocol(name: str | Protocol, out: str | Path, ckpt: str | None = None, limit: int | None = None, shard: str | None = None,
@@ -339,12 +391,13 @@ def evaluate_protocol(name: str | Protocol, out: str | Path, ckpt: str | None = 
     module = module if module is not None else load_model(ckpt)
     if module.image_shape[-1] != protocol.resolution:
         raise UserError(f"protocol {protocol.name} is at {protocol.resolution} px, the checkpoint makes {module.image_shape[-1]} px images")
+    check_model_reads(protocol, data, module)
     used = {**module.sampling_args, **{k: v for k, v in dict(sampler=sampler, steps=steps, guidance=guidance).items() if v is not None}}
     header = run_header(protocol, data, ckpt, limit, {k: used.get(k) for k in ("sampler", "steps", "guidance")})
     claim_dir(out, header)
     start = time.perf_counter()
     if not merge:
-        drawn = sample_run(module, data.layouts, header, out, part)
+        drawn = sample_run(module, data.sampling_layouts(), header, out, part, phrases=data.phrases)
         log.info("%s: drew %d chunks into %s", protocol.name, drawn, out)
     sampling_seconds = round(time.perf_counter() - start, 1)
     if part is not None:

@@ -36,6 +36,28 @@ def _release(short: str, dataset: str, dataset_args: dict, files: dict, descript
                     notes=notes)
 
 
+def _colour_mnist(pairs: str, layouts_sha256: str | None) -> Protocol:
+    """Colour Layout-MNIST with a phrase per box, on the training's (seen) or the ten held-out (digit, colour) pairs."""
+    held_out = pairs == "held_out"
+    return Protocol(
+        name="layout-mnist-color" + ("-held-out" if held_out else ""), dataset="layout_mnist_color", split="val", resolution=32,
+        samples_per_layout=2, layouts=250,
+        description=("Colour Layout-MNIST validation layouts (MNIST-test digits, 1-5 per canvas, a phrase per box), every digit in "
+                     + ("its held-out colour (the ten (digit, colour) pairs no training canvas shows)" if held_out else
+                        "one of the fifty training (digit, colour) pairs") + ", 250 layouts x 2 samples, 32 px"),
+        source="this project (docs/evaluation.md, docs/text_layouts.md)",
+        dataset_args={"seed": 0, "pairs": pairs, "min_digits": 1, "max_digits": 5, "digit_scale": [0.3, 0.9], "scale_spacing": "log"},
+        source_files=dict(MNIST_TEST), layouts_sha256=layouts_sha256,
+        fid={"implementation": "digit-fid", "mode": "DigitClassifier trunk, global average pool (128-d), on the grey canvas (max over channels)",
+             "features": "layoutdiffuse/evaluation/weights/digit_classifier.safetensors",
+             "reference": "real validation canvases 250..499 of the same pairs (disjoint from the layouts' own canvases)"},
+        detector="layout-mnist-centres v2 on the grey canvas (max over channels)", bootstrap=BOOTSTRAP,
+        metrics=("fid", "detection", "layout_accuracy", "colour_accuracy", "both_accuracy", "diversity"),
+        notes="colour and both-correct accuracy are the colour judge's (layoutdiffuse.evaluation.color_judge): a box counts when its "
+              "ink has the asked colour and, for both, the crop judge reads the asked digit and the detector finds exactly one digit "
+              "in it; FID, detection, layout accuracy and diversity see the grey canvas")
+
+
 PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
     _coco(256),
     _coco(128),
@@ -71,6 +93,8 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
         detector="layout-mnist-centres v2 (DigitLocator trained with touching rows + crop judge, two classes per box)", bootstrap=BOOTSTRAP,
         notes="diversity is digit-LPIPS between the 2 samples of each layout (the LPIPS formula on the digit classifier's trunk; "
               "AlexNet LPIPS weights are not available here)"),
+    _colour_mnist("seen", "3a739b50824cc17819b275b9fe792f461a6c2916e89e9287e05e467169b4e8c5"),
+    _colour_mnist("held_out", "9436fe668ae4bfe4e859ba1925ceeec281e379674a4f1330610a4047d2f657a7"),
 )}
 
 
