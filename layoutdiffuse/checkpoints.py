@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import pickle
@@ -23,7 +24,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from .errors import UserError
-from .config import check_checkpoint_metadata
+from .config import check_checkpoint_metadata, check_sampling_section
 from .files import check_readable, checkpoint_format, save_safetensors
 from .nn import UNet
 from .sd.spec import is_foundation_config
@@ -197,8 +198,19 @@ def module_state(module: pl.LightningModule, state: dict[str, torch.Tensor]) -> 
     return {k: v for k, v in state.items() if not k.startswith("ema.module.")}
 
 
-def export_weights(module: pl.LightningModule, path: str | Path, half: bool = True) -> Path:
-    """Write the sampling weights (EMA when kept) and the metadata as one small ``.safetensors`` file."""
+def export_weights(module: pl.LightningModule, path: str | Path, half: bool = True, sampling: dict[str, Any] | None = None) -> Path:
+    """Write the sampling weights (EMA when kept) and the metadata as one small ``.safetensors`` file.
+
+    ``sampling``: sampler settings (``sampler``, ``steps``, ``guidance``, ...) that become the file's
+    defaults in place of the training config's ``diffusion.sampling`` (a sampler chosen after training,
+    on samples of the trained model); checked as that config section is."""
+    meta = checkpoint_meta(module)
+    if sampling:
+        check_sampling_section(sampling, "sampling")
+        config = copy.deepcopy(meta["config"])
+        diffusion = config.setdefault("diffusion", {})
+        diffusion["sampling"] = {**diffusion.get("sampling", {}), **sampling}
+        meta = {**meta, "config": config}
     state = {k: (v.half() if half and v.is_floating_point() else v.float() if v.is_floating_point() else v).contiguous().cpu()
              for k, v in module.sampling_model.state_dict().items() if not k.startswith("n_averaged")}
-    return save_safetensors(state, path, metadata={CKPT_KEY: json.dumps(checkpoint_meta(module))})
+    return save_safetensors(state, path, metadata={CKPT_KEY: json.dumps(meta)})

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from layoutdiffuse.cli import main
+from layoutdiffuse.errors import UserError
 from layoutdiffuse.experiment import build_model, export_weights, load_checkpoint, sampling_state_dict, train
 from layoutdiffuse.sampling import sample
 
@@ -65,6 +66,13 @@ def test_adapted_checkpoint_samples_with_layouts(adapted, tmp_path):
     export = export_weights(module, tmp_path / "m.safetensors", half=False)
     exported, _ = sample(layout, n=3, ckpt=load_checkpoint(export), steps=3, guidance=2.0, seed=1)
     assert torch.allclose(exported, images, atol=1e-5)
+    # sampler defaults chosen at export replace the training config's, and nothing else changes
+    chosen = load_checkpoint(export_weights(module, tmp_path / "s.safetensors", half=False, sampling={"sampler": "ddim", "guidance": 2.5}),
+                             sampling_only=True)
+    assert chosen.sampling_args == {**module.sampling_args, "sampler": "ddim", "guidance": 2.5}
+    assert module.config["diffusion"].get("sampling", {}).get("sampler") != "ddim"  # the module's own config is untouched
+    with pytest.raises(UserError, match="sampling.sampler"):
+        export_weights(module, tmp_path / "bad.safetensors", sampling={"sampler": "nope"})
 
 
 def test_sample_cli_and_its_user_errors(adapted, tmp_path, capsys):
