@@ -238,10 +238,30 @@ def test_sampling_runs_the_text_encoder_once_per_distinct_phrase_per_run(sd_fold
     assert calls == [2]  # "cat" and "dog" once for the whole run, not once per step
     module.sample(2, cond, generator=torch.Generator().manual_seed(0), steps=3, guidance=5.0)  # a new run (the EMA model)
     assert calls == [2, 2]
-    module.model.train()  # training: the batch's distinct phrases, every step
+    module.model.train()  # training: the frozen states of phrases seen before are kept across steps
     module.model(torch.randn(2, 4, 8, 8), torch.tensor([3, 4]), module.encode_condition(cond, 2))
-    module.model(torch.randn(2, 4, 8, 8), torch.tensor([3, 4]), module.encode_condition(cond, 2))
-    assert calls == [2, 2, 2, 2]
+    module.model(torch.randn(2, 4, 8, 8), torch.tensor([3, 4]), {**module.encode_condition(cond, 2), "box_text": [["red", "cat"], ["cat"]]})
+    assert calls == [2, 2, 1]  # only "red" is new
+
+
+def test_frozen_phrase_states_are_kept_across_steps_exactly_and_bounded(sd, monkeypatch):
+    from layoutdiffuse.sd import phrases as phrases_module
+
+    enc = FoundationPhraseEncoder(32, 8).train()
+    enc.use_text_encoder(sd["text_encoder"], sd["tokenizer"])
+    calls = phrase_calls(sd["text_encoder"])
+    first = enc(["cat", "a dog"])
+    again = enc(["a dog", "cat", "red"])
+    assert calls == [2, 1]
+    torch.testing.assert_close(again[:2], first.flip(0))
+    torch.testing.assert_close(enc.features(["a dog", "cat", "red"]), enc.read(["a dog", "cat", "red"]))  # cached == read afresh
+    again.sum().backward()
+    assert enc.proj.weight.grad is not None  # the projection still learns
+    monkeypatch.setattr(phrases_module, "FEATURE_CACHE_SIZE", 2)
+    enc.features(["cat", "dog", "red"])  # three phrases in one call: all returned, then the oldest dropped
+    assert [key[0] for key in enc._features] == ["dog", "red"]
+    enc.use_text_encoder(sd["text_encoder"], sd["tokenizer"])
+    assert not enc._features
 
 
 def test_training_moves_the_projection_and_never_clip_and_the_checkpoint_round_trips(sd_folder, tmp_path):

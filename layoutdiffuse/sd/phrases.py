@@ -20,10 +20,14 @@ Phrases are padded to the longest of the batch; both poolings are blind to paddi
 is causal and the end-of-text token precedes the padding; LDMBert is given the attention mask). A
 phrase longer than the encoder reads (``tokenizer.model_max_length`` tokens with the special ones)
 is refused, never cut. In eval mode without gradients (sampling) each phrase is encoded once per run
-(:class:`~layoutdiffuse.nn.phrase_encoder.CachedPhraseEncoder`).
+(:class:`~layoutdiffuse.nn.phrase_encoder.CachedPhraseEncoder`). The frozen encoder's pooled states
+are also kept across training steps (the same phrase gives the same states while the encoder is
+frozen): up to :data:`FEATURE_CACHE_SIZE` phrases, least recently used dropped first, per encoder
+device and dtype; handing over another encoder empties it.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any, Sequence
 
 import torch
@@ -31,6 +35,10 @@ from torch import nn
 
 from ..errors import UserError
 from ..nn.phrase_encoder import CachedPhraseEncoder
+
+
+#: phrases whose frozen pooled states are kept across training steps (COCO-stuff has 182 class names, VG 178)
+FEATURE_CACHE_SIZE = 65536
 
 
 class SharedFrozen:
@@ -65,6 +73,7 @@ class FoundationPhraseEncoder(CachedPhraseEncoder):
         self.text_dim = int(text_dim)
         self.proj = nn.Linear(self.text_dim, embed_dim)
         self.frozen: SharedFrozen | None = None
+        self._features: OrderedDict[tuple, torch.Tensor] = OrderedDict()
 
     def extra_repr(self) -> str:
         encoder = "none yet" if self.frozen is None else type(self.frozen.text_encoder).__name__
@@ -73,6 +82,7 @@ class FoundationPhraseEncoder(CachedPhraseEncoder):
     def use_text_encoder(self, text_encoder: nn.Module | None, tokenizer: Any) -> None:
         """Read phrases with ``text_encoder`` and ``tokenizer`` (the foundation's; ``None``: none, phrases are then refused)."""
         self._cache.clear()
+        self._features.clear()
         if text_encoder is None:
             self.frozen = None
             return
@@ -99,10 +109,27 @@ class FoundationPhraseEncoder(CachedPhraseEncoder):
 
     @torch.no_grad()
     def features(self, phrases: Sequence[str]) -> torch.Tensor:
-        """``P`` phrases -> pooled frozen text states ``(P, D)`` (see the module docstring)."""
+        """``P`` phrases -> pooled frozen text states ``(P, D)``, the phrases not seen before read by the
+        encoder (:meth:`read`), the others from the cache (see the module docstring)."""
         if self.frozen is None:
             raise UserError("this model reads a phrase per box with its foundation's text encoder, but none was handed to it "
                             "(LatentDDPMTraining does; alone, call model.use_text_encoder(text_encoder, tokenizer))")
+        weight = next(self.frozen.text_encoder.parameters())
+        where = (str(weight.device), weight.dtype)
+        new = [p for p in dict.fromkeys(phrases) if (p, *where) not in self._features]
+        if new:
+            for p, state in zip(new, self.read(new)):
+                self._features[(p, *where)] = state
+        for p in dict.fromkeys(phrases):
+            self._features.move_to_end((p, *where))
+        out = torch.stack([self._features[(p, *where)] for p in phrases])
+        while len(self._features) > FEATURE_CACHE_SIZE:
+            self._features.popitem(last=False)
+        return out
+
+    @torch.no_grad()
+    def read(self, phrases: Sequence[str]) -> torch.Tensor:
+        """``P`` phrases through the frozen encoder, pooled: ``(P, D)`` (see the module docstring)."""
         ids, mask = self.tokens(phrases)
         out = self.frozen.text_encoder(input_ids=ids, attention_mask=mask)
         pooled = getattr(out, "pooler_output", None)
