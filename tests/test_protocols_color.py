@@ -103,6 +103,25 @@ def test_real_canvases_score_their_ceilings_and_other_colours_score_zero(mnist_r
     assert "colour accuracy" in (tmp_path / "real" / "run" / "report.md").read_text()
 
 
+def test_colour_fid_compares_grey_canvases_with_grey_references(mnist_root, colour_data, tmp_path):
+    """FID sees both sides through the same view: the naive version from the grey canvases' features."""
+    from layoutdiffuse.evaluation.color_judge import grey_canvas
+    from layoutdiffuse.evaluation.fid import FeatureStatistics, frechet_distance
+    from layoutdiffuse.evaluation.protocol_run import quantized
+
+    protocol = get_protocol("layout-mnist-color").replace(bootstrap={"resamples": 2, "level": 0.95, "seed": 0})
+    scorers = default_scorers(protocol)
+    for cache in (tmp_path / "cache", tmp_path / "cache"):  # computed, then read from the cache
+        fid = evaluate_protocol(protocol, tmp_path / "run", limit=4, root=str(mnist_root), module=Replayer(colour_data), scorers=scorers,
+                                cache=cache)["scores"]["fid"]
+        stats = []
+        for images in (real_images(protocol, colour_data, "layouts", 4).repeat_interleave(2, 0), real_images(protocol, colour_data, "reference")):
+            s = FeatureStatistics()
+            s.update(scorers.extractor(grey_canvas(quantized(images))).double())
+            stats.append(s.compute())
+        assert abs(fid["value"] - frechet_distance(*stats[1], *stats[0])) < 1e-6 * max(1.0, fid["value"])
+
+
 def test_a_model_that_cannot_read_the_protocol_is_refused(mnist_root, colour_data, tmp_path):
     from test_protocols import BoxPainter
 

@@ -221,14 +221,17 @@ def default_scorers(protocol: Protocol) -> Scorers:
 
 
 def real_statistics(protocol: Protocol, data: ProtocolData, scorers: Scorers, cache: Path | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(mu, sigma)`` of the protocol's real reference images, cached per protocol hash and extractor name."""
+    """``(mu, sigma)`` of the protocol's real reference images as the scorers see them (``view``), cached per
+    protocol hash, extractor name and view."""
     path = None
     if cache is not None:
-        path = cache / f"{protocol.name}-{protocol.sha256()[:16]}" / f"real_{scorers.extractor_name or 'features'}.pt"
+        seen_as = f"_{scorers.view.__name__}" if scorers.view is not None else ""
+        path = cache / f"{protocol.name}-{protocol.sha256()[:16]}" / f"real_{scorers.extractor_name or 'features'}{seen_as}.pt"
         if path.exists():
             stats = torch.load(path, weights_only=True)
             return stats["mu"], stats["sigma"]
-    feats = scoring.features_of(scorers.extractor, quantized(real_images(protocol, data, "reference")))
+    reference = quantized(real_images(protocol, data, "reference"))
+    feats = scoring.features_of(scorers.extractor, scorers.view(reference) if scorers.view is not None else reference)
     stats = scoring.FeatureStatistics()
     stats.update(feats)
     mu, sigma = stats.compute()
@@ -370,7 +373,6 @@ def check_model_reads(protocol: Protocol, data: ProtocolData, module: Any) -> No
     channels = data.dataset[0]["image"].shape[0] if len(data.layouts) and protocol.dataset in GENERATED else None
     if channels is not None and module.image_shape[0] != channels:
         raise UserError(f"protocol {protocol.name} has {channels}-channel images, the checkpoint makes {module.image_shape[0]}-channel images")
-
 
 
 def evaluate_protocol(name: str | Protocol, out: str | Path, ckpt: str | None = None, limit: int | None = None, shard: str | None = None,
